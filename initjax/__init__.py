@@ -1,0 +1,40 @@
+"""initjax: how weight initialization, activations and batch norm shape the signal in deep networks.
+
+The public API. Implementation lives in one module per concept: ``initializers``, ``activations``,
+``gains``, ``config``, ``propagation``, ``sweep``, ``plotting``, ``reproductions``, ``cli``.
+"""
+
+from initjax import activations as activations
+from initjax import initializers as initializers
+from initjax import plotting as plotting
+from initjax.config import NetworkConfig as NetworkConfig
+from initjax.gains import calculate_gain as calculate_gain
+from initjax.propagation import LayerStats as LayerStats
+from initjax.propagation import NonFiniteWarning as NonFiniteWarning
+from initjax.propagation import Propagation as Propagation
+from initjax.propagation import propagate as propagate
+from initjax.propagation import propagate_shared as propagate_shared
+from initjax.propagation import trace as trace
+from initjax.sweep import Sweep as Sweep
+from initjax.sweep import grid as grid
+from initjax.sweep import sweep as sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "activations",
+    "initializers",
+    "plotting",
+    "calculate_gain",
+    "NetworkConfig",
+    "LayerStats",
+    "NonFiniteWarning",
+    "Propagation",
+    "propagate",
+    "propagate_shared",
+    "trace",
+    "Sweep",
+    "grid",
+    "sweep",
+    "__version__",
+]

@@ -1,0 +1,79 @@
+"""Atomic writes: a result file is either absent or complete, never half-written.
+
+Each writer writes to a temporary file in the destination's directory and ``os.replace``-s it into
+place (atomic on POSIX and Windows), so an interrupted run loses nothing already finished.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic(path, lambda f: f.write(text), "w")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically; NaN/inf become null (strict JSON)."""
+    return write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Write arrays to a compressed ``.npz`` atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return _atomic(path, lambda f: f.write(buf.getvalue()), "wb")
+
+
+def save_figure(fig: Any, path_stem: str | os.PathLike, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Save a matplotlib figure as ``stem.png`` / ``stem.pdf`` atomically; returns the paths."""
+    out = []
+    for fmt in formats:
+        target = Path(f"{path_stem}.{fmt}")
+
+        def write(f: Any, fmt: str = fmt) -> None:
+            fig.savefig(f, format=fmt, dpi=120, bbox_inches="tight")
+
+        out.append(_atomic(target, write, "wb"))
+    return out
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats by None and numpy scalars/arrays by Python values, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,196 @@
+"""The ``initjax`` command line: ``list``, ``propagate`` and ``reproduce``.
+
+    initjax list
+    initjax propagate --init he_normal --activation relu --depth 10 --width 1024 --seeds 8
+    initjax propagate --init normal:stddev=0.01 --activation tanh --depth 10 --width 4096 --json
+    initjax reproduce seed-demo --out results/seed-demo
+    initjax reproduce --list
+
+Bad arguments print ``initjax: error: ...`` naming the value and what is allowed, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+_TABLE_COLUMNS = (
+    ("preact_var", "Var[h]"),
+    ("act_mean", "mean[x]"),
+    ("act_var", "Var[x]"),
+    ("saturated", "sat"),
+    ("zero_fraction", "zero"),
+    ("dead_fraction", "dead"),
+    ("cosine", "cos"),
+    ("grad_var", "Var[dL/dh]"),
+    ("weight_grad_var", "Var[dL/dW]"),
+)
+
+
+def _width(text: str) -> int | tuple[int, ...]:
+    try:
+        parts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"width must be an int or a comma list of ints, got {text!r}") from err
+    if not parts:
+        raise argparse.ArgumentTypeError(f"width must be an int or a comma list of ints, got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from initjax.config import NORMS, PLACEMENTS
+    from initjax.propagation import COTANGENTS
+
+    parser = argparse.ArgumentParser(
+        prog="initjax",
+        description="Signal propagation in deep networks at initialization: measure, predict, reproduce.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list initializers, activations and reproductions")
+
+    p = sub.add_parser("propagate", help="per-layer statistics of sampled networks")
+    p.add_argument("--init", default="lecun_normal", help="initializer spec, e.g. he_normal or normal:stddev=0.01")
+    p.add_argument("--activation", default="tanh", help="activation spec, e.g. relu or leaky_relu:negative_slope=0.1")
+    p.add_argument("--bias-init", default="zeros", help="bias initializer spec (default zeros)")
+    p.add_argument("--depth", type=int, default=10, help="number of weight layers (default 10)")
+    p.add_argument("--width", type=_width, default=1024, help="hidden width, or a comma list (one per layer)")
+    p.add_argument("--in-width", type=int, default=None, help="input dimension (default: the first width)")
+    p.add_argument("--batch", type=int, default=16, help="examples per batch (default 16)")
+    p.add_argument("--seeds", type=int, default=4, help="independent networks (default 4)")
+    p.add_argument("--key", type=int, default=0, help="base PRNG seed (default 0)")
+    p.add_argument("--norm", choices=NORMS, default="none", help="per-layer normalization")
+    p.add_argument("--placement", choices=PLACEMENTS, default="before", help="norm before or after the activation")
+    p.add_argument("--input-variance", type=float, default=1.0)
+    p.add_argument("--input-correlation", type=float, default=0.0)
+    p.add_argument("--cotangent", choices=COTANGENTS, default="normal", help="output gradient (default N(0, 1))")
+    p.add_argument("--bins", type=int, default=40)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out", type=Path, default=None, help="write data and figures into this directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("reproduce", help="redraw a paper's figure (see --list)")
+    r.add_argument("name", nargs="?", help="the reproduction's name")
+    r.add_argument("--list", action="store_true", help="list the reproductions")
+    r.add_argument("--quick", action="store_true", help="small sizes: seconds instead of minutes")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the reproduction's)")
+    r.add_argument("--out", type=Path, default=None, help="output directory (default results/NAME)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _cmd_list() -> int:
+    from initjax import activations, initializers, reproductions
+
+    print("initializers: " + ", ".join(initializers.names()))
+    print("activations:  " + ", ".join(activations.names()))
+    print("reproductions:")
+    for name in reproductions.names():
+        print(f"  {name:24s} {reproductions.get(name).summary}")
+    return 0
+
+
+def _format_table(result) -> str:
+    rows = result.layer_table()
+    header = f"{'layer':>5} " + " ".join(f"{title:>19}" for _, title in _TABLE_COLUMNS) + f" {'nonfinite':>9}"
+    lines = [f"{result.config.name}: {result.seeds} seeds, mean +- sd over seeds", header]
+    for row in rows:
+        cells = []
+        for name, _ in _TABLE_COLUMNS:
+            mean, sd = row[name], row.get(name + "_sd", 0.0)
+            cells.append(f"{mean:>10.3g} +-{sd:<7.2g}")
+        lines.append(f"{row['layer']:>5} " + " ".join(cells) + f" {row['nonfinite']:>9d}")
+    return "\n".join(lines)
+
+
+def _cmd_propagate(args: argparse.Namespace) -> int:
+    from initjax import _io, plotting
+    from initjax.config import NetworkConfig
+    from initjax.propagation import NonFiniteWarning, propagate
+
+    config = NetworkConfig(
+        depth=args.depth,
+        width=args.width,
+        batch=args.batch,
+        init=args.init,
+        activation=args.activation,
+        bias_init=args.bias_init,
+        input_variance=args.input_variance,
+        input_correlation=args.input_correlation,
+        in_width=args.in_width,
+        norm=args.norm,
+        norm_placement=args.placement,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        result = propagate(
+            config, args.seeds, args.key, cotangent=args.cotangent, bins=args.bins,
+            progress=False if args.quiet else None,
+        )
+    for w in caught:
+        print(f"initjax: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_io._json_safe(result.to_json_dict())))
+    else:
+        print(_format_table(result))
+    if args.out is not None:
+        result.save(args.out)
+        _io.write_json(args.out / "layers.json", result.to_json_dict())
+        fig = plotting.new_figure(max(8.0, 1.6 * config.depth), 4.4)
+        top, bottom = fig.subfigures(2, 1)
+        plotting.hist_strip(result, "act", fig=top)
+        plotting.hist_strip(result, "grad", fig=bottom, color="C3")
+        _io.save_figure(fig, args.out / "histograms")
+        fig = plotting.new_figure(10.0, 4.0)
+        a, b = fig.subplots(1, 2)
+        plotting.variance_curves(result, "act_var", ax=a)
+        plotting.variance_curves(result, "grad_preact_var", ax=b)
+        _io.save_figure(fig, args.out / "variance")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from initjax import reproductions
+
+    if args.list or args.name is None:
+        if args.name is None and not args.list:
+            parser.error("reproduce needs a NAME or --list; known: " + ", ".join(reproductions.names()))
+        for name in reproductions.names():
+            print(f"{name:24s} {reproductions.get(name).summary}")
+        return 0
+    out = args.out if args.out is not None else Path("results") / args.name
+    report = reproductions.run(args.name, out, quick=args.quick, seeds=args.seeds,
+                               progress=False if args.quiet else None)
+    failed = [c["check"] for c in report.get("checks", []) if not c["pass"]]
+    print(f"{args.name}: wrote {out} in {report.get('seconds', float('nan')):.0f} s; "
+          f"{len(report.get('checks', [])) - len(failed)}/{len(report.get('checks', []))} checks pass")
+    for check in failed:
+        print(f"  FAILED: {check}")
+    print(f"  see {out / 'report.md'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``initjax`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "propagate":
+            return _cmd_propagate(args)
+        return _cmd_reproduce(args, parser)
+    except (ValueError, TypeError, MemoryError, FileNotFoundError) as err:
+        print(f"initjax: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Sweeps: many network configs (init x activation x depth x ...), each over many seeds.
+
+    >>> base = NetworkConfig(depth=10, width=512, batch=16)
+    >>> configs = grid(base, activation=["tanh", "relu"], init=["xavier_normal", "he_normal"])
+    >>> result = sweep(configs, seeds=8, out="results/my-sweep")   # resumable, written as it goes
+    >>> result["relu / he_normal"].stats.act_var.shape             # (8, 10)
+
+With ``out``, each finished config is saved at once (atomically) under ``out/NNN/`` and recorded in
+``out/sweep.json``; running the same sweep again skips what is already done, so an interrupted sweep
+loses nothing it had finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from initjax import _io
+from initjax.config import NetworkConfig
+from initjax.propagation import Propagation, _progress_bar, propagate
+
+__all__ = ["grid", "sweep", "Sweep"]
+
+
+def grid(base: NetworkConfig, **axes: Sequence[Any]) -> list[NetworkConfig]:
+    """The cartesian product of ``axes`` (field name -> values) applied to ``base``.
+
+    Each config is labelled with the values that vary, e.g. ``"activation=relu, init=he_normal"``,
+    unless ``label`` is itself an axis.
+
+    Raises:
+      ValueError: for a name that is not a :class:`NetworkConfig` field or an empty axis.
+    """
+    if not isinstance(base, NetworkConfig):
+        raise TypeError(f"base must be a NetworkConfig, got {type(base).__name__}")
+    fields = {f.name for f in dataclasses.fields(NetworkConfig)}
+    for name, values in axes.items():
+        if name not in fields:
+            raise ValueError(f"unknown config field {name!r} in grid; fields: {sorted(fields)}")
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"grid axis {name!r} must be a non-empty list of values, got {values!r}")
+    names = list(axes)
+    configs = []
+    for combo in itertools.product(*(axes[n] for n in names)):
+        changes = dict(zip(names, combo, strict=True))
+        if "label" not in changes:
+            changes["label"] = ", ".join(f"{n}={_short(v)}" for n, v in changes.items())
+        configs.append(base.replace(**changes))
+    return configs
+
+
+def _short(value: Any) -> str:
+    spec = getattr(value, "spec", None)
+    return spec if isinstance(spec, str) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Results of a sweep, in config order; index by position or by label."""
+
+    results: tuple[Propagation, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.config.name for r in self.results]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __getitem__(self, item: int | str) -> Propagation:
+        if isinstance(item, str):
+            for r in self.results:
+                if r.config.name == item:
+                    return r
+            raise KeyError(f"no config labelled {item!r}; labels: {self.labels}")
+        return self.results[item]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Save every result under ``directory/NNN/`` and the index ``sweep.json``."""
+        d = Path(directory)
+        for i, r in enumerate(self.results):
+            r.save(d / f"{i:03d}")
+        _write_index(d, [r.config for r in self.results], done=set(range(len(self.results))))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Sweep:
+        """Read a saved sweep; raises if some entry is not finished."""
+        d = Path(directory)
+        index = _read_index(d)
+        if index is None:
+            raise FileNotFoundError(f"{d / 'sweep.json'} is missing: not a saved sweep directory")
+        missing = [e["dir"] for e in index["entries"] if e["status"] != "done"]
+        if missing:
+            raise ValueError(f"sweep in {d} is incomplete: entries {missing} are not done")
+        return cls(tuple(Propagation.load(d / e["dir"]) for e in index["entries"]))
+
+
+def _write_index(d: Path, configs: Sequence[NetworkConfig], done: set[int], extra: dict | None = None) -> None:
+    entries = [
+        {
+            "dir": f"{i:03d}",
+            "label": c.name,
+            "config": c.to_dict(),
+            "status": "done" if i in done else "incomplete",
+        }
+        for i, c in enumerate(configs)
+    ]
+    status = "done" if len(done) == len(configs) else "incomplete"
+    _io.write_json(d / "sweep.json", {"status": status, "entries": entries, **(extra or {})})
+
+
+def _read_index(d: Path) -> dict | None:
+    path = d / "sweep.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def sweep(
+    configs: Iterable[NetworkConfig],
+    seeds: int = 1,
+    key: int = 0,
+    *,
+    out: str | os.PathLike | None = None,
+    quiet: bool = False,
+    **propagate_kwargs: Any,
+) -> Sweep:
+    """Run :func:`~initjax.propagate` for every config, with the same seeds and key.
+
+    Args:
+      configs: the configs (e.g. from :func:`grid`).
+      seeds, key: as in :func:`~initjax.propagate`; every config sees the same seed indices.
+      out: a directory: each finished config is written at once and the sweep resumes from it.
+      quiet: no progress bar (it is shown only on a terminal in any case).
+      **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, ...).
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("sweep needs at least one config, got none")
+    for i, c in enumerate(configs):
+        if not isinstance(c, NetworkConfig):
+            raise TypeError(f"configs[{i}] must be a NetworkConfig, got {type(c).__name__}")
+    d = Path(out) if out is not None else None
+    done: set[int] = set()
+    if d is not None:
+        index = _read_index(d)
+        if index is not None:
+            for i, e in enumerate(index["entries"]):
+                if i < len(configs) and e["status"] == "done" and e["config"] == configs[i].to_dict():
+                    done.add(i)
+        _write_index(d, configs, done)
+    show = not quiet and sys.stderr.isatty()
+    results: list[Propagation | None] = [None] * len(configs)
+    with _progress_bar(total=len(configs), desc="sweep", unit="config", disable=not show) as bar:
+        for i, config in enumerate(configs):
+            if i in done and d is not None:
+                loaded = Propagation.load(d / f"{i:03d}")
+                if loaded.seeds == seeds:
+                    results[i] = loaded
+                    bar.update(1)
+                    continue
+            res = propagate(config, seeds, key, progress=show, **propagate_kwargs)
+            results[i] = res
+            if d is not None:
+                res.save(d / f"{i:03d}")
+                done.add(i)
+                _write_index(d, configs, done)
+            bar.update(1)
+    return Sweep(tuple(results))  # type: ignore[arg-type]

@@ -1,0 +1,300 @@
+"""The propagation engine against independent computations: numpy re-derivations on the raw
+tensors of the same network (``trace``), He et al. 2015's variance recursion, and invariances
+(chunking, seed neighbours, shared draws, jit vs no jit)."""
+
+import logging
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from initjax import NetworkConfig, NonFiniteWarning, propagate, propagate_shared, trace
+from initjax.propagation import LayerStats, estimate_memory, histogram
+
+
+def small(**kw):
+    base = dict(depth=4, width=64, batch=8, init="he_normal", activation="relu")
+    base.update(kw)
+    return NetworkConfig(**base)
+
+
+# --- numpy re-derivations on the raw tensors ------------------------------------------------
+@pytest.mark.parametrize(
+    "config",
+    [
+        small(),
+        small(activation="tanh", init="normal:stddev=0.3"),
+        small(activation="tanh", init="xavier_normal", width=(48, 32, 32, 16), in_width=40),
+        small(activation="sigmoid", norm="batch", init="normal:stddev=0.5"),
+        small(activation="tanh", norm="layer", norm_placement="after"),
+    ],
+    ids=["relu-he", "tanh", "ragged", "sigmoid-bn", "tanh-ln-after"],
+)
+def test_stats_equal_numpy_on_the_same_tensors(config):
+    t = trace(config, seed=1)
+    st = propagate(config, seeds=2).stats
+    act = config.activation
+    lo, hi = act.bounds
+    for layer in range(config.depth):
+        h, y = t["h"][layer].astype(np.float64), t["y"][layer].astype(np.float64)
+        dh, dx, xp = t["dh"][layer], t["dx"][layer], t["x_prev"][layer].astype(np.float64)
+        assert st.preact_mean[1, layer] == pytest.approx(h.mean(), rel=1e-4, abs=1e-6)
+        assert st.preact_var[1, layer] == pytest.approx(h.var(), rel=1e-4)
+        assert st.preact_second_moment[1, layer] == pytest.approx((h**2).mean(), rel=1e-4)
+        assert st.act_mean[1, layer] == pytest.approx(y.mean(), rel=1e-4, abs=1e-6)
+        assert st.act_var[1, layer] == pytest.approx(y.var(), rel=1e-4)
+        assert st.unit_std[1, layer] == pytest.approx(y.std(axis=1).mean(), rel=1e-4)
+        assert st.zero_fraction[1, layer] == pytest.approx((y == 0).mean())
+        assert st.dead_fraction[1, layer] == pytest.approx((y == 0).all(axis=0).mean())
+        if act.bounded:
+            margin = 0.01 * (hi - lo)
+            assert st.saturated[1, layer] == pytest.approx(((y <= lo + margin) | (y >= hi - margin)).mean())
+        assert st.grad_preact_var[1, layer] == pytest.approx(dh.astype(np.float64).var(), rel=1e-4)
+        assert st.grad_act_var[1, layer] == pytest.approx(dx.astype(np.float64).var(), rel=1e-4)
+        # cosine of pre-activations, from scratch
+        u = h / np.linalg.norm(h, axis=1, keepdims=True)
+        g = u @ u.T
+        b = g.shape[0]
+        assert st.cosine[1, layer] == pytest.approx((g.sum() - np.trace(g)) / (b * (b - 1)), rel=1e-4, abs=1e-6)
+        # the weight gradient, formed explicitly (the engine never forms it)
+        G = xp.T @ dh.astype(np.float64)
+        assert st.weight_grad_mean[1, layer] == pytest.approx(G.mean(), rel=1e-3, abs=1e-7)
+        assert st.weight_grad_var[1, layer] == pytest.approx(G.var(), rel=1e-4)
+        assert st.weight_grad_norm[1, layer] == pytest.approx(np.linalg.norm(G), rel=1e-4)
+        # histogram counts, numpy's convention
+        counts, _ = np.histogram(t["y"][layer], bins=40, range=(-1.0, 1.0))
+        np.testing.assert_array_equal(st.act_hist[1, layer], counts)
+        below = (t["y"][layer] < -1).sum()
+        above = (t["y"][layer] > 1).sum()
+        np.testing.assert_array_equal(st.act_outside[1, layer], [below, above])
+
+
+def test_trace_is_the_network_it_claims():
+    """Rebuild the forward pass from trace's own x_prev/h with plain numpy: h = x W + b, y = phi(h)."""
+    config = small(activation="tanh", init="normal:stddev=0.2", depth=3)
+    t = trace(config)
+    for layer in range(config.depth):
+        np.testing.assert_allclose(t["y"][layer], np.tanh(t["h"][layer]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(t["out"][layer], t["y"][layer])
+        if layer:
+            np.testing.assert_array_equal(t["x_prev"][layer], t["out"][layer - 1])
+    # backprop by hand: dh = dx * phi'(h). 1 - tanh^2 loses ~eps / (1 - y^2) of relative precision
+    # in float32 where |y| -> 1, hence the tolerance.
+    for layer in range(config.depth):
+        want = t["dx"][layer] * (1 - np.tanh(t["h"][layer].astype(np.float64)) ** 2)
+        np.testing.assert_allclose(t["dh"][layer], want, rtol=5e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("value_range,bins", [((-1.0, 1.0), 40), ((-0.3, 2.0), 7), ((0.0, 1.0), 1)])
+def test_histogram_matches_numpy_including_edges(value_range, bins):
+    rng = np.random.default_rng(0)
+    edges = np.linspace(*value_range, bins + 1).astype(np.float32)
+    x = np.concatenate([rng.normal(0, 1, 5000).astype(np.float32), edges, [np.inf, -np.inf, np.nan]]).astype(np.float32)
+    counts, outside = histogram(x, value_range, bins)
+    finite = x[np.isfinite(x)]
+    want, _ = np.histogram(finite, bins=bins, range=value_range)
+    np.testing.assert_array_equal(counts, want)
+    np.testing.assert_array_equal(outside, [(finite < edges[0]).sum(), (finite > edges[-1]).sum()])
+
+
+# --- He et al. 2015: the variance recursion -----------------------------------------------
+def _log_ratio_test(result, expected_log_ratio_per_layer):
+    """t-test over seeds of log(M_L / M_1) per layer, M = mean square of the layer output;
+    tolerance 5 standard errors of the seed mean."""
+    m = np.asarray(result.stats.out_second_moment, dtype=np.float64)
+    per_seed = np.log(m[:, -1] / m[:, 0]) / (m.shape[1] - 1)
+    se = per_seed.std(ddof=1) / math.sqrt(per_seed.size)
+    assert abs(per_seed.mean() - expected_log_ratio_per_layer) < 5 * se + 1e-3, (per_seed.mean(), se)
+    assert se < 0.05  # the test has power: the seeds agree to a few percent per layer
+    return per_seed.mean()
+
+
+def test_relu_he_keeps_variance_and_xavier_halves_it():
+    base = NetworkConfig(depth=10, width=256, batch=16, activation="relu")
+    he, xavier = propagate_shared([base.replace(init="he_normal"), base.replace(init="xavier_normal")], seeds=16)
+    _log_ratio_test(he, 0.0)  # n Var[w] / 2 = 1
+    _log_ratio_test(xavier, math.log(0.5))  # n Var[w] / 2 = 1/2
+    # every layer of He within the seeds' sampling error of layer 1
+    m = np.asarray(he.stats.out_second_moment, dtype=np.float64)
+    rel = m / m[:, :1]
+    se = rel.std(axis=0, ddof=1) / math.sqrt(rel.shape[0])
+    assert np.all(np.abs(rel.mean(axis=0) - 1) <= 5 * se + 1e-6)
+
+
+def test_leaky_relu_he_gain_keeps_variance():
+    """He et al. eq. 10 with slope a: the factor is n Var[w] (1 + a^2) / 2, so the PyTorch gain
+    sqrt(2 / (1 + a^2)) keeps it at 1 while plain He (gain sqrt 2) grows by (1 + a^2) per layer."""
+    a = 0.5
+    base = NetworkConfig(depth=8, width=256, batch=16, activation=f"leaky_relu:negative_slope={a}")
+    keep, grow = propagate_shared(
+        [base.replace(init=f"he_normal:nonlinearity=leaky_relu,param={a}"), base.replace(init="he_normal")],
+        seeds=16,
+    )
+    _log_ratio_test(keep, 0.0)
+    _log_ratio_test(grow, math.log(1 + a**2))
+
+
+# --- invariances ------------------------------------------------------------------------------
+def _assert_stats_equal(a: LayerStats, b: LayerStats):
+    for field in LayerStats._fields:
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_results_identical_across_chunk_sizes_and_neighbours():
+    config = small(activation="tanh", init="xavier_normal")
+    ref = propagate(config, seeds=5, chunk_size=5).stats
+    _assert_stats_equal(ref, propagate(config, seeds=5, chunk_size=1).stats)
+    _assert_stats_equal(ref, propagate(config, seeds=5, chunk_size=2).stats)
+    # a seed does not depend on how many seeds run beside it
+    first3 = propagate(config, seeds=3).stats
+    _assert_stats_equal(first3, LayerStats(*(v[:3] for v in ref)))
+    offset = propagate(config, seeds=2, seed_offset=3).stats
+    _assert_stats_equal(offset, LayerStats(*(v[3:] for v in ref)))
+
+
+def test_shared_draws_equal_solo_runs():
+    base = small(width=48)
+    configs = [base.replace(init="normal:stddev=0.05", activation="tanh"), base.replace(init="he_normal"),
+               base.replace(init="xavier_normal", norm="batch")]
+    shared = propagate_shared(configs, seeds=3, chunk_size=2)
+    for c, r in zip(configs, shared):
+        _assert_stats_equal(propagate(c, seeds=3).stats, r.stats)
+
+
+def test_unjitted_path_agrees():
+    config = small(depth=3, width=16, batch=4, activation="tanh")
+    a = propagate(config, seeds=2).stats
+    b = propagate(config, seeds=2, jit=False).stats
+    for field in ("preact_var", "act_var", "grad_preact_var", "weight_grad_var"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5)
+
+
+def test_second_call_does_not_recompile():
+    config = small(depth=3, width=32, activation="softsign")
+    propagate(config, seeds=3)
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            propagate(config, seeds=3)
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in handler.messages if m.startswith("Compiling")], handler.messages
+
+
+def test_user_inputs_and_correlation():
+    config = small(activation="identity", init="normal:stddev=0.125", width=64)  # n Var = 1
+    x = np.ones((8, 64), np.float32)
+    st = propagate(config, seeds=2, inputs=x).stats
+    np.testing.assert_allclose(st.cosine[:, 0], 1.0, rtol=1e-5)  # identical examples stay identical
+    corr = propagate(small(activation="identity", init="normal:stddev=0.0625", width=256, input_correlation=0.5), seeds=8)
+    # a Gaussian linear layer keeps cosines: c = 0.5 up to O(1/sqrt(n)) noise (sd ~ 0.75/16 per pair)
+    assert abs(float(np.mean(corr.stats.cosine[:, 0])) - 0.5) < 0.05
+
+
+def test_batch_and_layer_norm_normalize():
+    bn = propagate(small(activation="identity", norm="batch", init="normal:stddev=3.0"), seeds=2).stats
+    np.testing.assert_allclose(bn.act_mean, 0.0, atol=1e-5)
+    np.testing.assert_allclose(bn.act_var, 1.0, rtol=1e-3)
+    ln = propagate(small(activation="identity", norm="layer", init="normal:stddev=0.01"), seeds=2).stats
+    np.testing.assert_allclose(ln.act_var, 1.0, rtol=2e-3)  # eps 1e-5 against a variance ~ 0.006
+
+
+def test_constant_init_makes_every_unit_identical():
+    """Every unit of a layer computes the same sum; only float rounding (the matmul sums columns
+    in different orders) separates them, ~1e-7 of the spread across examples."""
+    st = propagate(small(activation="tanh", init="constant:value=0.01"), seeds=2).stats
+    assert np.all(np.asarray(st.act_var) > 1e-4)  # examples still differ ...
+    assert np.all(np.asarray(st.unit_std) < 1e-5 * np.sqrt(np.asarray(st.act_var)))  # ... units do not
+    zeros = propagate(small(activation="tanh", init="zeros"), seeds=1).stats
+    np.testing.assert_array_equal(zeros.unit_std, 0.0)
+
+
+def test_cotangent_options():
+    config = small(depth=2, width=10, batch=4, activation="tanh")
+    t = trace(config, cotangent="xent")
+    g = t["dx"][-1]
+    np.testing.assert_allclose(g.sum(axis=1), 0.0, atol=1e-6)  # softmax - onehot sums to 0
+    t = trace(config, cotangent="mse")
+    assert np.all(np.isfinite(t["dx"][-1]))
+
+
+# --- non-finite values are measured, never a crash --------------------------------------------
+def test_overflow_is_reported_not_raised():
+    config = NetworkConfig(depth=60, width=64, batch=4, init="normal:stddev=1.0", activation="relu")
+    with pytest.warns(NonFiniteWarning, match="overflow"):
+        result = propagate(config, seeds=2)
+    st = result.stats
+    assert np.asarray(st.nonfinite)[:, -1].min() > 0  # deep layers: inf values, counted
+    assert np.asarray(st.nonfinite)[:, 0].max() == 0
+    assert result.nonfinite_layers[0] < 60
+    # statistics of layers that still have finite values are finite numbers, not NaN
+    assert np.isfinite(st.act_mean[:, 5]).all()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(depth=0), "depth must be >= 1"),
+        (dict(width=0), "width must be >= 1"),
+        (dict(batch=0), "batch must be >= 1"),
+        (dict(width=(8, 8)), "width has 2 entries"),
+        (dict(norm="group"), "norm must be one of"),
+        (dict(norm_placement="middle"), "norm_placement must be one of"),
+        (dict(norm="batch", batch=1), "batch norm needs batch >= 2"),
+        (dict(activation="swishy"), "unknown activation 'swishy'"),
+        (dict(init="he_nromal"), "unknown initializer 'he_nromal'"),
+        (dict(input_correlation=1.5), "input_correlation must be <= 1.0"),
+        (dict(input_variance=0.0), "input_variance must be > 0.0"),
+        (dict(dtype="int32"), "floating dtype"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        small(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(seeds=0), "seeds must be >= 1"),
+        (dict(cotangent="hinge"), "cotangent must be one of"),
+        (dict(chunk_size=0), "chunk_size must be >= 1"),
+        (dict(bins=0), "bins must be >= 1"),
+        (dict(act_range=(1.0, -1.0)), "low < high"),
+        (dict(prng_impl="rbg"), "prng_impl must be one of"),
+        (dict(inputs=np.zeros((3, 3), np.float32)), r"inputs must have shape \(batch, in_width\) = \(8, 64\)"),
+        (dict(memory_budget=1000), "needs about"),
+    ],
+)
+def test_bad_propagate_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError, MemoryError), match=match):
+        propagate(small(), **kwargs)
+
+
+def test_memory_estimate_scales_with_width_squared():
+    a = estimate_memory(NetworkConfig(depth=10, width=1024, batch=16))
+    b = estimate_memory(NetworkConfig(depth=10, width=2048, batch=16))
+    assert 3.5 < b / a < 4.1
+    assert estimate_memory(NetworkConfig(depth=10, width=1024, batch=16), remat=False) > a
+
+
+def test_config_json_round_trip():
+    config = small(width=(8, 6, 6, 4), in_width=5, init="he_normal:mode=fan_out", activation="leaky_relu:negative_slope=0.2",
+                   norm="layer", label="x")
+    again = NetworkConfig.from_json(config.to_json())
+    assert again == config and hash(again) == hash(config)
+    with pytest.raises(ValueError, match="unknown NetworkConfig fields"):
+        NetworkConfig.from_dict({**config.to_dict(), "colour": 1})
