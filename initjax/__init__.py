@@ -1,7 +1,7 @@
 """initjax: how weight initialization, activations and batch norm shape the signal in deep networks.
 
 The public API. Implementation lives in one module per concept: ``initializers``, ``activations``,
-``gains``, ``config``, ``propagation``, ``sweep``, ``plotting``, ``reproductions``, ``cli``.
+``gains``, ``config``, ``propagation``, ``sweeps``, ``plotting``, ``reproductions``, ``cli``.
 """
 
 from initjax import activations as activations
@@ -15,9 +15,9 @@ from initjax.propagation import Propagation as Propagation
 from initjax.propagation import propagate as propagate
 from initjax.propagation import propagate_shared as propagate_shared
 from initjax.propagation import trace as trace
-from initjax.sweep import Sweep as Sweep
-from initjax.sweep import grid as grid
-from initjax.sweep import sweep as sweep
+from initjax.sweeps import Sweep as Sweep
+from initjax.sweeps import grid as grid
+from initjax.sweeps import sweep as sweep
 
 __version__ = "0.1.0"
 

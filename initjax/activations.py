@@ -52,10 +52,12 @@ __all__ = [
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
 
-# Minimum of x * sigmoid(x) (at x ~ -1.2785) and of x * Phi(x) (at x ~ -0.7518): the lower bounds of
-# SiLU and GELU, computed once by Newton's method on the derivative (see tests).
+# Minima of x * sigmoid(x) (at x ~ -1.2785), of x * Phi(x) (at x ~ -0.7518) and of GELU's tanh
+# approximation (at x ~ -0.7525): the lower bounds of SiLU and GELU, computed once with
+# scipy.optimize.minimize_scalar (tests recompute them).
 _SILU_MIN = -0.27846454276107380
 _GELU_MIN = -0.16997120747990370
+_GELU_TANH_MIN = -0.17004075057125410
 
 
 class _Impl(NamedTuple):
@@ -234,7 +236,7 @@ selu = _register(
 gelu = _register(
     "gelu",
     lambda x, approximate: jax.nn.gelu(x, approximate=approximate),
-    lambda approximate: (_GELU_MIN, _INF),
+    lambda approximate: (_GELU_TANH_MIN if approximate else _GELU_MIN, _INF),
     defaults={"approximate": False},
     check=_check_gelu,
     doc="phi(x) = x Phi(x) (exact, default) or its tanh approximation (approximate=True); "

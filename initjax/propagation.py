@@ -55,6 +55,7 @@ __all__ = [
     "Propagation",
     "propagate",
     "propagate_shared",
+    "measure_layers",
     "shareable",
     "trace",
     "histogram",
@@ -207,9 +208,9 @@ class _Opts(NamedTuple):
     saturation_tolerance: float
 
 
-def _layer_stats(config: NetworkConfig, opts: _Opts, h, y, out, dh, da, x_prev) -> dict[str, jax.Array]:
-    """All statistics of one layer from its tensors (each (batch, units))."""
-    act = config.activation
+def _layer_stats(act: Any, opts: _Opts, h, y, out, dh, da, x_prev) -> dict[str, jax.Array]:
+    """All statistics of one layer from its tensors (each (batch, units)); ``act`` is the
+    :class:`~initjax.activations.Activation` whose bounds define saturation."""
     stats: dict[str, jax.Array] = {}
     stats["preact_mean"], stats["preact_var"], stats["preact_second_moment"], h_count = _finite_moments(h)
     stats["act_mean"], stats["act_var"], _, y_count = _finite_moments(y)
@@ -386,20 +387,66 @@ def _seed_tensors(
     return result
 
 
+def _stats_of_layers(act: Any, opts: _Opts, x_prev, h, y, out, dh, dx) -> LayerStats:
+    """:class:`LayerStats` with a leading layer axis, from stacked ``(layer, batch, units)`` arrays
+    (vmapped over layers) or from per-layer lists of ``(batch, units)`` arrays (ragged widths)."""
+    per_layer = functools.partial(_layer_stats, act, opts)
+    if not isinstance(h, list | tuple):
+        return LayerStats(**jax.vmap(per_layer)(h, y, out, dh, dx, x_prev))
+    layers = [per_layer(*t) for t in zip(h, y, out, dh, dx, x_prev, strict=True)]
+    return LayerStats(**{k: jnp.stack([s[k] for s in layers]) for k in layers[0]})
+
+
+def measure_layers(
+    activation: Any,
+    x_prev: Sequence[jax.Array],
+    h: Sequence[jax.Array],
+    y: Sequence[jax.Array],
+    out: Sequence[jax.Array],
+    dh: Sequence[jax.Array],
+    dx: Sequence[jax.Array],
+    *,
+    act_range: tuple[float, float] = (-1.0, 1.0),
+    grad_range: tuple[float, float] = (-1.0, 1.0),
+    bins: int = 40,
+    saturation_tolerance: float = 0.01,
+) -> LayerStats:
+    """The engine's per-layer statistics from per-layer tensors of any network (no seed axis).
+
+    Each argument is a list with one ``(batch, units)`` array per layer (or one stacked
+    ``(layer, batch, units)`` array): the layer's input ``x_prev``, pre-activation ``h``,
+    activation output ``y``, layer output ``out`` and the gradients ``dh = dL/dh``, ``dx = dL/dx``.
+    This is how :func:`initjax.probe` measures a user's own model with the very code
+    :func:`propagate` uses. Works under ``jit`` and ``vmap``.
+
+    Returns:
+      :class:`LayerStats` with axes ``(layer, ...)``.
+    """
+    from initjax import activations
+
+    opts = _Opts(
+        act_range=_check_range("act_range", act_range),
+        grad_range=_check_range("grad_range", grad_range),
+        bins=check_int("bins", bins, minimum=1),
+        cotangent="normal",
+        remat=False,
+        saturation_tolerance=check_float("saturation_tolerance", saturation_tolerance, minimum=0.0),
+    )
+    tensors = [x_prev, h, y, out, dh, dx]
+    if isinstance(h, list | tuple):
+        lengths = {len(t) for t in tensors}
+        if len(lengths) != 1 or not h:
+            raise ValueError(f"need the same non-zero number of layers in every argument, got {sorted(lengths)}")
+        tensors = [list(t) for t in tensors]
+    return _stats_of_layers(activations.get(activation), opts, *tensors)
+
+
 def _seed_stats(configs, opts: _Opts, seed_key: jax.Array, inputs: jax.Array | None, shared: bool):
     """A tuple with one :class:`LayerStats` (no seed axis) per config of the group."""
-    out = []
-    for config, (x_prev, h, y, out_, dh, dx) in zip(
-        configs, _seed_tensors(configs, opts, seed_key, inputs, shared), strict=True
-    ):
-        per_layer = functools.partial(_layer_stats, config, opts)
-        if config.uniform:
-            stats = jax.vmap(per_layer)(h, y, out_, dh, dx, x_prev)
-        else:
-            layers = [per_layer(*t) for t in zip(h, y, out_, dh, dx, x_prev, strict=True)]
-            stats = {k: jnp.stack([s[k] for s in layers]) for k in layers[0]}
-        out.append(LayerStats(**stats))
-    return tuple(out)
+    return tuple(
+        _stats_of_layers(config.activation, opts, *tensors)
+        for config, tensors in zip(configs, _seed_tensors(configs, opts, seed_key, inputs, shared), strict=True)
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -875,7 +922,8 @@ def trace(
 
     For debugging and for checking statistics by hand: returns lists (one ``(batch, units)`` array
     per layer) under ``"x_prev"`` (the layer's input), ``"h"`` (pre-activation), ``"y"`` (activation
-    output), ``"out"`` (layer output), ``"dh"`` (dL/dh) and ``"dx"`` (dL/dx).
+    output), ``"out"`` (layer output), ``"dh"`` (dL/dh) and ``"dx"`` (dL/dx); the weights ``"w"``
+    ``(n_{l-1}, n_l)`` and biases ``"b"`` per layer; and the output ``"cotangent"`` (dL/dx^L).
     """
     if not isinstance(config, NetworkConfig):
         raise TypeError(f"config must be an initjax NetworkConfig, got {type(config).__name__}")
@@ -887,4 +935,10 @@ def trace(
     run = jax.jit(lambda kk, xx: _seed_tensors((config,), opts, kk, xx)[0])
     tensors = run(k, None if x is None else x[0])
     names = ("x_prev", "h", "y", "out", "dh", "dx")
-    return {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
+    result = {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
+    keys = _split_seed_key(k)
+    params = [_group_params((config,), False, keys, layer, shape)[0] for layer, shape in enumerate(config.weight_shapes)]
+    result["w"] = [np.asarray(w) for w, _ in params]
+    result["b"] = [np.asarray(b) for _, b in params]
+    result["cotangent"] = np.asarray(_cotangent(config, cotangent, jnp.asarray(result["out"][-1]), keys.cotangent))
+    return result

@@ -1,0 +1,160 @@
+"""Sweeps (atomic, resumable), saving and loading, the CLI, the plots and the seed-demo smoke test."""
+
+import json
+
+import numpy as np
+import pytest
+
+import initjax
+from initjax import NetworkConfig, Propagation, grid, propagate, sweep
+from initjax import plotting
+from initjax.cli import main
+from initjax.propagation import LayerStats
+
+BASE = NetworkConfig(depth=3, width=16, batch=4, activation="tanh")
+
+
+def _equal(a: Propagation, b: Propagation):
+    assert a.config == b.config
+    for f in LayerStats._fields:
+        np.testing.assert_array_equal(getattr(a.stats, f), getattr(b.stats, f), err_msg=f)
+
+
+def test_grid_is_the_cartesian_product_with_labels():
+    configs = grid(BASE, activation=["tanh", "relu"], init=["xavier_normal", "he_normal", "zeros"])
+    assert len(configs) == 6
+    assert configs[4].name == "activation=relu, init=he_normal"  # the values as given
+    assert {c.activation.name for c in configs} == {"tanh", "relu"}
+    with pytest.raises(ValueError, match="unknown config field 'colour'"):
+        grid(BASE, colour=[1])
+    with pytest.raises(ValueError, match="non-empty list"):
+        grid(BASE, depth=[])
+
+
+def test_save_load_round_trip(tmp_path):
+    r = propagate(BASE, seeds=2)
+    r.save(tmp_path / "r")
+    _equal(r, Propagation.load(tmp_path / "r"))
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries
+    with pytest.raises(FileNotFoundError, match="not a saved Propagation"):
+        Propagation.load(tmp_path / "nothing")
+
+
+def test_sweep_writes_as_it_goes_and_resumes(tmp_path, monkeypatch):
+    configs = [BASE.replace(label="a"), BASE.replace(init="he_normal", label="b"), BASE.replace(activation="relu", label="c")]
+    import initjax.sweeps as sweep_module
+
+    calls = []
+    real = sweep_module.propagate
+
+    def interrupted(config, *args, **kwargs):
+        calls.append(config.label)
+        if config.label == "b":
+            raise KeyboardInterrupt  # the run is interrupted in the middle of the second config
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "propagate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(configs, seeds=2, out=tmp_path)
+    index = json.loads((tmp_path / "sweep.json").read_text())
+    assert [e["status"] for e in index["entries"]] == ["done", "incomplete", "incomplete"]
+    assert index["status"] == "incomplete"
+
+    calls.clear()
+    monkeypatch.setattr(sweep_module, "propagate", lambda config, *a, **k: (calls.append(config.label), real(config, *a, **k))[1])
+    result = sweep(configs, seeds=2, out=tmp_path)
+    assert calls == ["b", "c"]  # "a" was finished and is not recomputed
+    assert json.loads((tmp_path / "sweep.json").read_text())["status"] == "done"
+    loaded = initjax.Sweep.load(tmp_path)
+    for x, y in zip(result, loaded):
+        _equal(x, y)
+    _equal(result["a"], propagate(configs[0], seeds=2))
+    with pytest.raises(KeyError, match="no config labelled 'z'"):
+        result["z"]
+
+
+def test_cli_json_schema(capsys):
+    code = main(["propagate", "--init", "normal:stddev=0.5", "--activation", "tanh", "--depth", "3",
+                 "--width", "16", "--batch", "4", "--seeds", "2", "--json", "--quiet"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["seeds"] == 2 and data["config"]["depth"] == 3
+    keys = {"layer", "preact_mean", "preact_var", "act_mean", "act_var", "grad_var", "weight_grad_var",
+            "saturated", "zero_fraction", "dead_fraction", "nonfinite", "cosine"}
+    assert len(data["layers"]) == 3
+    for i, layer in enumerate(data["layers"]):
+        assert keys <= set(layer) and layer["layer"] == i + 1
+    # the values are the seed means of propagate's statistics
+    r = propagate(NetworkConfig(depth=3, width=16, batch=4, init="normal:stddev=0.5", activation="tanh"), seeds=2)
+    assert data["layers"][2]["act_var"] == pytest.approx(float(np.mean(r.stats.act_var[:, 2])), rel=1e-6)
+
+
+def test_cli_table_out_and_warning(tmp_path, capsys):
+    code = main(["propagate", "--init", "normal:stddev=1.0", "--activation", "relu", "--depth", "40",
+                 "--width", "32", "--batch", "4", "--seeds", "1", "--quiet", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "initjax: warning:" in captured.err and "overflow" in captured.err
+    assert "layer" in captured.out.splitlines()[1]
+    for name in ("stats.npz", "config.json", "layers.json", "histograms.png", "variance.pdf"):
+        assert (tmp_path / name).exists(), name
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["propagate", "--depth", "0"], "depth must be >= 1, got 0"),
+        (["propagate", "--init", "nope"], "unknown initializer 'nope'"),
+        (["propagate", "--seeds", "0"], "seeds must be >= 1"),
+        (["reproduce", "nope"], "unknown reproduction 'nope'; known: seed-demo"),
+    ],
+)
+def test_cli_errors_exit_2(argv, match, capsys):
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_cli_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "he_normal" in out and "leaky_relu" in out and "seed-demo" in out
+    assert main(["reproduce", "--list"]) == 0
+    assert "seed-demo" in capsys.readouterr().out
+
+
+def test_plots_flag_non_finite_values():
+    config = NetworkConfig(depth=60, width=64, batch=4, init="normal:stddev=1.0", activation="relu")
+    with pytest.warns(initjax.NonFiniteWarning):
+        bad = propagate(config, seeds=2)
+    ok = propagate(BASE, seeds=2)
+    ax = plotting.variance_curves([ok, bad], "act_var")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "non-finite" not in labels[0] and "non-finite" in labels[1]
+    v = np.asarray(bad.stats.act_var)
+    expected = np.flatnonzero(~(np.isfinite(v) & (v > 0)).all(axis=0)) + 1
+    assert expected.size > 0
+    red_x = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(red_x) == 1
+    np.testing.assert_array_equal(red_x[0].get_xdata(), expected)
+    axes = plotting.hist_strip(bad, "act")
+    assert len(axes) == 60
+    flagged = [i + 1 for i, a in enumerate(axes) if any("non-finite" in t.get_text() for t in a.texts)]
+    np.testing.assert_array_equal(flagged, np.flatnonzero(np.asarray(bad.stats.nonfinite).sum(0)) + 1)
+    assert flagged
+    with pytest.raises(ValueError, match="stat must be a"):
+        plotting.variance_curves(ok, "act_hist")
+    with pytest.raises(ValueError, match="kind must be 'act' or 'grad'"):
+        plotting.hist_strip(ok, "weights")
+
+
+def test_seed_demo_quick(tmp_path):
+    from initjax import reproductions
+
+    report = reproductions.run("seed-demo", tmp_path, quick=True)
+    assert report["status"] == "done"
+    failed = [c for c in report["checks"] if not c["pass"]]
+    assert not failed, failed
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["all_pass"] and len(saved["schemes"]) == 9
+    for name in ("report.md", "variance-curves.png", "variance-curves.pdf", "hist-relu-he.png"):
+        assert (tmp_path / name).exists(), name
