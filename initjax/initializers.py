@@ -810,7 +810,7 @@ def _orthogonal_matrix(key: jax.Array, rows: int, cols: int, dtype: Any) -> jax.
     # Sign-correct so the law is Haar (Mezzadri 2007, arXiv:math-ph/0609050); a zero diagonal
     # (probability 0) keeps its column rather than zeroing it, as sign() would.
     signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
-    q = q
+    q = q * signs[jnp.newaxis, :]
     return q if rows >= cols else q.T
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 import threading
@@ -481,6 +482,20 @@ def _kernel_grad_stats(g: Array) -> tuple[Array, Array, Array]:
     return mean * s, jnp.mean((u - mean) ** 2) * s * s, jnp.sqrt(jnp.sum(u * u)) * s
 
 
+@functools.lru_cache(maxsize=64)
+def _layer_measure(act, act_range, grad_range, bins, saturation_tolerance):
+    """measure_layers for one layer, vmapped over the seed axis and compiled once per options (and
+    per shapes: equal layers share one program)."""
+
+    def one(xp, h, y, out, dh, dx):
+        return measure_layers(
+            act, [xp], [h], [y], [out], [dh], [dx], act_range=act_range, grad_range=grad_range,
+            bins=bins, saturation_tolerance=saturation_tolerance,
+        )
+
+    return jax.jit(jax.vmap(one))
+
+
 def _to_key(key: Any) -> Array:
     if isinstance(key, numbers.Integral) and not isinstance(key, bool):
         return jax.random.key(int(key))
@@ -668,7 +683,7 @@ def _measure(
         tensors, kgrads = jax.tree.map(lambda a: a[None], (tensors, kgrads))
     else:
         cot_axis = 0 if kind == "array" and cot_arg.ndim == len(out_shape) + 1 else None
-        tensors, kgrads = jax.vmap(run_member, in_axes=(0, 0, 0, cot_axis))(params, rest, seeds, cot_arg)
+        tensors, kgrads = jax.jit(jax.vmap(run_member, in_axes=(0, 0, 0, cot_axis)))(params, rest, seeds, cot_arg)
 
     n_layers = len(meta)
     calls_per_path: dict[tuple, int] = {}
@@ -695,13 +710,8 @@ def _measure(
         if call.is_conv:  # x^T dh is not a conv's weight gradient; its rows may even differ
             x_prev = jnp.zeros((*dh.shape[:2], 1), dh.dtype)
 
-        def one(xp, hh, yy, oo, d_h, d_x, act=act):
-            return measure_layers(
-                act, [xp], [hh], [yy], [oo], [d_h], [d_x], act_range=act_range,
-                grad_range=grad_range, bins=bins, saturation_tolerance=saturation_tolerance,
-            )
-
-        st = jax.vmap(one)(x_prev, h, y, tensors["out"][i], dh, tensors["dx"][i])
+        measure = _layer_measure(act, act_range, grad_range, bins, saturation_tolerance)
+        st = measure(x_prev, h, y, tensors["out"][i], dh, tensors["dx"][i])
         st = LayerStats(*(np.asarray(v) for v in st))
         if call.is_conv:
             nan = np.full(st.weight_grad_mean.shape, np.nan, np.float32)

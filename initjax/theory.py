@@ -464,11 +464,19 @@ def _fixed_q(sw, sb, q0, act, num, iterations):
     q, _ = lax.scan(lambda q, _: (_step_q(q, sw, sb, act, num), None), q0, None, length=iterations)
 
     def newton(q, _):
-        g = _vmap_q(q, sw, sb, act, num) - q
-        slope = _vmap_slope(jnp.where(q > _Q_TINY, q, 1.0), sw, act, num)
+        usable = jnp.isfinite(q) & (q > _Q_TINY)
+        q_safe = jnp.where(usable, q, 1.0)
+        g = _vmap_q(q_safe, sw, sb, act, num) - q_safe
+        slope = _vmap_slope(q_safe, sw, act, num)
         step = g / jnp.where(slope < 1, 1 - slope, 1.0)
-        ok = jnp.isfinite(q) & (q > _Q_TINY) & (slope < 1) & jnp.isfinite(step)
-        return jnp.where(ok, jnp.clip(q + step, q / 16, 16 * q), q), None
+        q_new = jnp.maximum(q_safe + step, q_safe / 16)  # stay positive
+        q_new = jnp.where(jnp.isfinite(q_new), q_new, q_safe)
+        g_new = _vmap_q(q_new, sw, sb, act, num) - q_new
+        # accept only a sufficient decrease of |V(q) - q|: near-marginal divergent maps (V(q) - q
+        # tending to a positive constant) would otherwise be pushed to huge q whose *relative*
+        # residual looks converged
+        ok = usable & (slope < 1) & (jnp.abs(g_new) < 0.9 * jnp.abs(g))
+        return jnp.where(ok, q_new, q), None
 
     q, _ = lax.scan(newton, q, None, length=_NEWTON_STEPS)
     finite_q = jnp.where(jnp.isfinite(q), q, 1.0)
@@ -599,7 +607,7 @@ def fixed_point_q(
     Method: ``iterations`` steps of ``q <- V(q)`` (which selects the stable fixed point whose basin
     holds ``q_init``), then 64 safeguarded Newton steps on ``V(q) - q`` with
     ``V'(q) = sigma_w2 E[phi(u) phi'(u) z] / sqrt(q)``, taken only where ``V' < 1`` (a stable
-    point) and limited to a factor 16 per step. Newton converges quadratically at a simple fixed
+    point), never shrinking q by more than 16x, and kept only if they cut ``|V(q) - q|`` by 10%. Newton converges quadratically at a simple fixed
     point and linearly (halving) at the marginal one of criticality, e.g. tanh with
     ``sigma_w2 = 1, sigma_b2 = 0``, where plain iteration creeps as ``1 / (2 l)``.
 
@@ -611,6 +619,12 @@ def fixed_point_q(
       * ``0`` where the iterate falls below ``1e-20``: the fixed point at the origin, e.g. tanh or
         ReLU with ``sigma_b2 = 0`` in the ordered phase (``sigma_w2 < 1`` resp. ``< 2``).
       * ReLU with ``sigma_w2 = 2, sigma_b2 = 0`` has every q fixed and returns ``q_init``.
+
+    Where the map has several attractors the answer depends on ``q_init``: e.g. GELU and SiLU with
+    ``sigma_b2 = 0`` and ``2 < sigma_w2 < 4`` keep both ``q = 0`` and ``q = inf``. A divergence
+    slower than geometric whose per-layer growth ``V(q) - q`` stays below ``1e-4 q`` after the
+    iterations (e.g. softplus near ``sigma_w2 = 2``) cannot be told from convergence in finite
+    precision.
 
     Args:
       sigma_w2, sigma_b2: variances (>= 0), broadcasting.
@@ -1213,7 +1227,7 @@ def glorot_recursion(
 # Jacobian spectra
 # ----------------------------------------------------------------------------------------------
 
-INITS = ("normal", "orthogonal")
+_INITS = ("normal", "orthogonal")
 
 
 def _layer_weights(key, layer, width, sw, init):
@@ -1291,7 +1305,7 @@ def jacobian_singular_values(
       https://arxiv.org/abs/1711.04735.
     """
     act = _resolve(activation)
-    check_choice("init", init, INITS)
+    check_choice("init", init, _INITS)
     depth = check_int("depth", depth, minimum=1)
     width = check_int("width", width, minimum=1)
     _check_sigmas(sigma_w2, sigma_b2)

@@ -569,6 +569,49 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
+def _percentiles(x: jax.Array, q: Sequence[float]) -> jax.Array:
+    """``np.percentile(x, q)`` (linear interpolation) over all entries of ``x``, without a sort.
+
+    XLA's CPU sort is slow, so the order statistics ``floor(p)`` and ``floor(p) + 1`` at
+    ``p = q / 100 * (n - 1)`` are found by bisection over the 2^32 float bit patterns, mapped to
+    unsigned ints in the order of the floats: 32 counting passes, exact. Any non-finite entry
+    gives NaN, as numpy's result would be.
+    """
+    x = x.reshape(-1).astype(jnp.float32)
+    n = x.shape[0]
+    pos = jnp.asarray(q, jnp.float32) / 100.0 * (n - 1)
+    lower = jnp.floor(pos).astype(jnp.int32)
+    ranks = jnp.concatenate([lower, jnp.minimum(lower + 1, n - 1)])
+    frac = pos - lower.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    # Negative floats: flip all bits (larger magnitude = smaller); positive: set the sign bit.
+    u = jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        count = jnp.sum((u[None, :] <= mid[:, None]).astype(jnp.int32), axis=1)
+        enough = count >= ranks + 1  # the rank-th smallest (0-based) is <= mid
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    r = ranks.shape[0]
+    init = (jnp.zeros((r,), jnp.uint32), jnp.full((r,), 0xFFFFFFFF, jnp.uint32))
+    found, _ = jax.lax.fori_loop(0, 32, halve, init)
+    back = jnp.where((found >> 31) == 1, found & jnp.uint32(0x7FFFFFFF), ~found)
+    vals = jax.lax.bitcast_convert_type(back, jnp.float32)
+    a, b = vals[: len(q)], vals[len(q):]
+    return jnp.where(jnp.all(jnp.isfinite(x)), a + frac * (b - a), jnp.nan)
+
+
+class _ModelFns(NamedTuple):
+    """What depends on the network only (shared by configs that differ in optimizer or steps)."""
+
+    graphdef: Any
+    forward: Callable[..., Any]  # (params, rest, x, train) -> (logits, intermediates, new rest)
+    init: Callable[..., Any]  # keys (seed,) -> stacked (params, rest)
+    measure: Callable[..., Any]  # vmapped record measurement
+
+
 class _Fns(NamedTuple):
     """Compiled functions of one (config, data shape): all take stacked (seed-axis) state."""
 
@@ -580,16 +623,25 @@ class _Fns(NamedTuple):
     step: Callable[..., Any]  # one unbatched, unjitted step (debugging and tests)
 
 
-def _fns_key(cfg: TrainConfig) -> TrainConfig:
-    # Fields that do not enter the compiled functions are normalized, so configs that differ only
-    # in them share one compilation.
-    return dataclasses.replace(cfg, label="", record_every=1, same_batches=True, probe_size=2,
-                               train_eval_size=1)
+# Fields that define the network (and so the measurement); the rest define the training.
+_MODEL_FIELDS = ("model", "widths", "activation", "kernel_init", "bias_init", "norm",
+                 "norm_placement", "residual", "downsample_at", "bn_convention", "bn_momentum",
+                 "bn_running_var", "bn_epsilon")
+_TRAIN_FIELDS = ("optimizer", "learning_rate", "momentum", "b1", "b2", "eps", "schedule",
+                 "warmup_steps", "decay_every", "decay_rate", "final_lr_fraction", "steps")
+
+
+def _build_fns(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> _Fns:
+    """The compiled functions of ``cfg``, cached so that configs differing only in fields that
+    do not enter them (label, record_every, probe sizes, ...) share one compilation."""
+    model_key = tuple((f, getattr(cfg, f)) for f in _MODEL_FIELDS)
+    train_key = tuple((f, getattr(cfg, f)) for f in _TRAIN_FIELDS)
+    return _train_fns(model_key, train_key, tuple(in_shape), num_classes)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_fns(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) -> _Fns:
-    tx = cfg.make_optimizer()
+def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) -> _ModelFns:
+    cfg = TrainConfig(**dict(model_key))
     abstract = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
     name, _ = parse_spec(cfg.activation)
@@ -606,7 +658,71 @@ def _build_fns(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) ->
     def init_one(key):
         model = cfg.build(in_shape, num_classes, rngs=nnx.Rngs(key))
         _, params, rest = nnx.split(model, nnx.Param, ...)
-        return params, rest, tx.init(params)
+        return params, rest
+
+    def eval_sums(params, rest, xs, ys, ms, train: bool):
+        def body(acc, inp):
+            x, y, m = inp
+            out, _, _ = forward(params, rest, x, train)
+            loss = optax.softmax_cross_entropy_with_integer_labels(out, y)
+            ok = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
+            return (acc[0] + jnp.sum(jnp.where(m, loss, 0.0)),
+                    acc[1] + jnp.sum(jnp.where(m, ok, False).astype(jnp.float32)),
+                    acc[2] + jnp.sum(m.astype(jnp.float32))), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (loss, correct, n), _ = jax.lax.scan(body, (zero, zero, zero), (xs, ys, ms))
+        return loss / n, correct / n
+
+    def measure_one(params, rest, xp, yp, train_eval, test_eval, test_bs):
+        def probe_loss(p, r):
+            out, inter, _ = forward(p, r, xp, True)
+            return _xent(out, yp), inter
+
+        (ploss, inter), grads = jax.value_and_grad(probe_loss, has_aux=True)(params, rest)
+        rec: dict[str, jax.Array] = {"train_loss": ploss}
+        acts, inputs = inter["act"], inter[phi_input]
+        rec["act_mean"] = jnp.stack([jnp.mean(a) for a in acts])
+        rec["act_std"] = jnp.stack([jnp.std(a) for a in acts])
+        rec["act_percentiles"] = jnp.stack([_percentiles(a, PERCENTILES) for a in acts])
+        rec["input_percentiles"] = jnp.stack([_percentiles(z, PERCENTILES) for z in inputs])
+        if act is not None:
+            rec["saturated"] = jnp.stack([jnp.mean(act.saturated(a).astype(jnp.float32))
+                                          for a in acts])
+        else:
+            rec["saturated"] = jnp.zeros((len(acts),), jnp.float32)
+        rec["dead_fraction"] = jnp.stack([
+            jnp.mean(jnp.all(a.reshape(-1, a.shape[-1]) == 0, axis=0).astype(jnp.float32))
+            for a in acts
+        ])
+        gmodel = nnx.merge(graphdef, grads, rest, copy=True)
+        head = gmodel.readout if cfg.model == "mlp" else gmodel.classifier
+        rec["grad_norm"] = jnp.stack([jnp.linalg.norm(layer.kernel[...].reshape(-1))
+                                      for layer in gmodel.layers])
+        rec["readout_grad_norm"] = jnp.linalg.norm(head.kernel[...].reshape(-1))
+        if act is None:
+            pmodel = nnx.merge(graphdef, params, rest, copy=True)
+            rec["prelu_slope"] = jnp.stack([jnp.mean(p.slope[...]) for p in pmodel.prelus])
+        _, rec["train_accuracy"] = eval_sums(params, rest, *train_eval, train=False)
+        rec["test_loss"], rec["test_accuracy"] = eval_sums(params, rest, *test_eval, train=False)
+        if bn:
+            _, rec["test_accuracy_batch_stats"] = eval_sums(params, rest, *test_bs, train=True)
+        return rec
+
+    return _ModelFns(
+        graphdef=graphdef,
+        forward=forward,
+        init=jax.jit(jax.vmap(init_one)),
+        measure=jax.jit(jax.vmap(measure_one, in_axes=(0, 0, None, None, None, None, None))),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _train_fns(model_key: tuple, train_key: tuple, in_shape: tuple[int, ...],
+               num_classes: int) -> _Fns:
+    mf = _model_fns(model_key, in_shape, num_classes)
+    tx = TrainConfig(**dict(model_key), **dict(train_key), record_every=1).make_optimizer()
+    forward = mf.forward
 
     def step(params, rest, opt_state, xb, yb):
         """One update on the minibatch ``(xb, yb)``; returns the new state and the loss."""
@@ -634,63 +750,19 @@ def _build_fns(cfg: TrainConfig, in_shape: tuple[int, ...], num_classes: int) ->
         carry, losses = jax.lax.scan(body, (params, rest, opt_state, bad), (t, idx))
         return carry, jnp.mean(losses)
 
-    def eval_sums(params, rest, xs, ys, ms, train: bool):
-        def body(acc, inp):
-            x, y, m = inp
-            out, _, _ = forward(params, rest, x, train)
-            loss = optax.softmax_cross_entropy_with_integer_labels(out, y)
-            ok = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
-            return (acc[0] + jnp.sum(jnp.where(m, loss, 0.0)),
-                    acc[1] + jnp.sum(jnp.where(m, ok, False).astype(jnp.float32)),
-                    acc[2] + jnp.sum(m.astype(jnp.float32))), None
+    opt_init = jax.jit(jax.vmap(tx.init))
 
-        zero = jnp.zeros((), jnp.float32)
-        (loss, correct, n), _ = jax.lax.scan(body, (zero, zero, zero), (xs, ys, ms))
-        return loss / n, correct / n
-
-    def measure_one(params, rest, xp, yp, train_eval, test_eval, test_bs):
-        def probe_loss(p, r):
-            out, inter, _ = forward(p, r, xp, True)
-            return _xent(out, yp), inter
-
-        (ploss, inter), grads = jax.value_and_grad(probe_loss, has_aux=True)(params, rest)
-        q = jnp.asarray(PERCENTILES, jnp.float32)
-        rec: dict[str, jax.Array] = {"train_loss": ploss}
-        acts, inputs = inter["act"], inter[phi_input]
-        rec["act_mean"] = jnp.stack([jnp.mean(a) for a in acts])
-        rec["act_std"] = jnp.stack([jnp.std(a) for a in acts])
-        rec["act_percentiles"] = jnp.stack([jnp.percentile(a.reshape(-1), q) for a in acts])
-        rec["input_percentiles"] = jnp.stack([jnp.percentile(z.reshape(-1), q) for z in inputs])
-        if act is not None:
-            rec["saturated"] = jnp.stack([jnp.mean(act.saturated(a).astype(jnp.float32))
-                                          for a in acts])
-        else:
-            rec["saturated"] = jnp.zeros((len(acts),), jnp.float32)
-        rec["dead_fraction"] = jnp.stack([
-            jnp.mean(jnp.all(a.reshape(-1, a.shape[-1]) == 0, axis=0).astype(jnp.float32))
-            for a in acts
-        ])
-        gmodel = nnx.merge(graphdef, grads, rest, copy=True)
-        head = gmodel.readout if cfg.model == "mlp" else gmodel.classifier
-        rec["grad_norm"] = jnp.stack([jnp.linalg.norm(layer.kernel[...].reshape(-1))
-                                      for layer in gmodel.layers])
-        rec["readout_grad_norm"] = jnp.linalg.norm(head.kernel[...].reshape(-1))
-        if act is None:
-            pmodel = nnx.merge(graphdef, params, rest, copy=True)
-            rec["prelu_slope"] = jnp.stack([jnp.mean(p.slope[...]) for p in pmodel.prelus])
-        _, rec["train_accuracy"] = eval_sums(params, rest, *train_eval, train=False)
-        rec["test_loss"], rec["test_accuracy"] = eval_sums(params, rest, *test_eval, train=False)
-        if bn:
-            _, rec["test_accuracy_batch_stats"] = eval_sums(params, rest, *test_bs, train=True)
-        return rec
+    def init(keys):
+        params, rest = mf.init(keys)
+        return params, rest, opt_init(params)
 
     shared = (0, 0, 0, 0, None, None, None, None)
     return _Fns(
-        graphdef=graphdef,
-        init=jax.jit(jax.vmap(init_one)),
+        graphdef=mf.graphdef,
+        init=init,
         run=jax.jit(jax.vmap(run_one, in_axes=shared)),
         run_per_seed=jax.jit(jax.vmap(run_one, in_axes=shared[:-1] + (0,))),
-        measure=jax.jit(jax.vmap(measure_one, in_axes=(0, 0, None, None, None, None, None))),
+        measure=mf.measure,
         step=step,
     )
 
@@ -935,7 +1007,7 @@ def compare(
     states: list[_RunState] = []
     fns_list: list[_Fns] = []
     for cfg, rdir in zip(configs, run_dirs):
-        fns = _build_fns(_fns_key(cfg), xtr.shape[1:], num_classes)
+        fns = _build_fns(cfg, xtr.shape[1:], num_classes)
         st = _RunState(fns, cfg, model_keys)
         if rdir is not None and resume and (rdir / "checkpoint.npz").exists():
             stored = json.loads((rdir / "config.json").read_text())

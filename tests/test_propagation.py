@@ -298,3 +298,34 @@ def test_config_json_round_trip():
     assert again == config and hash(again) == hash(config)
     with pytest.raises(ValueError, match="unknown NetworkConfig fields"):
         NetworkConfig.from_dict({**config.to_dict(), "colour": 1})
+
+
+MULTI_DEVICE_SCRIPT = """
+import numpy as np, jax
+from initjax import NetworkConfig, propagate
+from initjax.propagation import LayerStats
+assert jax.device_count() == 4
+c = NetworkConfig(depth=3, width=32, batch=4, init="xavier_normal", activation="tanh")
+one = propagate(c, seeds=6, prng_impl="threefry2x32").stats
+four = propagate(c, seeds=6, prng_impl="threefry2x32", devices="all").stats
+for f in LayerStats._fields:
+    np.testing.assert_allclose(getattr(four, f), getattr(one, f), rtol=1e-5, atol=1e-7, err_msg=f)
+try:
+    propagate(c, seeds=2, devices=4)
+    raise SystemExit("philox on 4 devices was not refused")
+except ValueError as e:
+    assert "threefry2x32" in str(e)
+print("OK")
+"""
+
+
+def test_seeds_sharded_over_four_devices_match_one_device():
+    """4 simulated CPU devices (XLA_FLAGS must be set before jax starts: a subprocess). The random
+    numbers are identical; statistics agree to float summation order (the devices share threads)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
