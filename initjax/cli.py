@@ -3,6 +3,7 @@
     initjax list
     initjax propagate --init he_normal --activation relu --depth 10 --width 1024 --seeds 8
     initjax propagate --init normal:stddev=0.01 --activation tanh --depth 10 --width 4096 --json
+    initjax theory --activation tanh --sigma-w2 1.76 --sigma-b2 0.05 --depth 10 --json
     initjax reproduce seed-demo --out results/seed-demo
     initjax reproduce --list
 
@@ -30,6 +31,15 @@ _TABLE_COLUMNS = (
     ("cosine", "cos"),
     ("grad_var", "Var[dL/dh]"),
     ("weight_grad_var", "Var[dL/dW]"),
+)
+
+
+# JSON key (with _pred appended) -> theory.Prediction field, for --theory
+_PREDICTED = (
+    ("preact_second_moment", "preact_second_moment"),
+    ("out_second_moment", "out_second_moment"),
+    ("cosine", "cosine"),
+    ("grad_var", "grad_preact_var"),
 )
 
 
@@ -74,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", type=Path, default=None, help="write data and figures into this directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--theory", action="store_true",
+                   help="add the mean-field prediction (table columns, JSON keys *_pred, dashed curves)")
+
+    t = sub.add_parser("theory", help="mean-field predictions: q*, c*, chi_1, depth scales, per-layer q")
+    t.add_argument("--activation", default="tanh", help="activation spec")
+    t.add_argument("--sigma-w2", type=float, required=True, help="weight variance times fan-in")
+    t.add_argument("--sigma-b2", type=float, default=0.0, help="bias variance")
+    t.add_argument("--depth", type=int, default=10, help="layers of the per-layer q iterates")
+    t.add_argument("--q0", type=float, default=1.0, help="mean square of the input coordinates")
+    t.add_argument("--json", action="store_true")
 
     r = sub.add_parser("reproduce", help="redraw a paper's figure (see --list)")
     r.add_argument("name", nargs="?", help="the reproduction's name")
@@ -135,10 +155,25 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)
+    prediction = None
+    if args.theory:
+        from initjax import theory
+
+        prediction = theory.predict(config)
+    payload = result.to_json_dict()
+    if prediction is not None:
+        for row, i in zip(payload["layers"], range(config.depth)):
+            for name, field in _PREDICTED:
+                row[name + "_pred"] = float(getattr(prediction, field)[i])
     if args.json:
-        print(json.dumps(_io._json_safe(result.to_json_dict())))
+        print(json.dumps(_io._json_safe(payload)))
     else:
         print(_format_table(result))
+        if prediction is not None:
+            print("mean-field prediction (theory.predict):")
+            print(f"{'layer':>5} " + " ".join(f"{n + '_pred':>22}" for n, _ in _PREDICTED))
+            for row in payload["layers"]:
+                print(f"{row['layer']:>5} " + " ".join(f"{row[n + '_pred']:>22.4g}" for n, _ in _PREDICTED))
     if args.out is not None:
         result.save(args.out)
         _io.write_json(args.out / "layers.json", result.to_json_dict())
@@ -149,10 +184,44 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
         _io.save_figure(fig, args.out / "histograms")
         fig = plotting.new_figure(10.0, 4.0)
         a, b = fig.subplots(1, 2)
-        plotting.variance_curves(result, "act_var", ax=a)
-        plotting.variance_curves(result, "grad_preact_var", ax=b)
+        theory_q = None if prediction is None else [prediction.preact_second_moment]
+        theory_g = None if prediction is None else [prediction.grad_preact_var]
+        plotting.variance_curves(result, "preact_second_moment", ax=a, theory=theory_q)
+        plotting.variance_curves(result, "grad_preact_var", ax=b, theory=theory_g)
         _io.save_figure(fig, args.out / "variance")
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_theory(args: argparse.Namespace) -> int:
+    from initjax import _io, theory
+    from initjax._checks import check_float, check_int
+
+    check_float("--sigma-w2", args.sigma_w2, minimum=0.0)
+    check_float("--sigma-b2", args.sigma_b2, minimum=0.0)
+    check_int("--depth", args.depth, minimum=1)
+    check_float("--q0", args.q0, minimum=0.0, strict_minimum=True)
+    ds = theory.depth_scales(args.sigma_w2, args.sigma_b2, args.activation)
+    q = theory.variance_iterates(args.q0, args.sigma_w2, args.sigma_b2, args.activation, args.depth)
+    out = {
+        "activation": args.activation,
+        "sigma_w2": args.sigma_w2,
+        "sigma_b2": args.sigma_b2,
+        "q_star": float(ds.q_star),
+        "c_star": float(ds.c_star),
+        "chi_1": float(ds.chi_1),
+        "xi_q": float(ds.xi_q),
+        "xi_c": float(ds.xi_c),
+        "q": [float(v) for v in q],
+    }
+    if args.json:
+        print(json.dumps(_io._json_safe(out)))
+        return 0
+    phase = "ordered" if out["chi_1"] < 1 else "chaotic" if out["chi_1"] > 1 else "critical"
+    print(f"{args.activation}, sigma_w^2 = {args.sigma_w2}, sigma_b^2 = {args.sigma_b2}: {phase} phase")
+    for k in ("q_star", "c_star", "chi_1", "xi_q", "xi_c"):
+        print(f"  {k:7s} {out[k]:.6g}")
+    print("  q^l    " + " ".join(f"{v:.4g}" for v in out["q"]))
     return 0
 
 
@@ -186,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list()
         if args.command == "propagate":
             return _cmd_propagate(args)
+        if args.command == "theory":
+            return _cmd_theory(args)
         return _cmd_reproduce(args, parser)
     except (ValueError, TypeError, MemoryError, FileNotFoundError) as err:
         print(f"initjax: error: {err}", file=sys.stderr)

@@ -2,8 +2,8 @@
 
 A gain multiplies the **standard deviation** of a weight initializer (PyTorch's convention, used by
 :func:`initjax.initializers.he_normal` and :func:`initjax.initializers.xavier_normal`), so a layer
-with gain ``g`` has ``Var[W] = g^2 / fan``. jax's ``variance_scaling`` instead takes ``scale = g^2``,
-a factor on the variance.
+with gain ``g`` has ``Var[W] = g^2 / fan``. jax's ``variance_scaling`` instead takes
+``scale = g^2``, a factor on the variance.
 
     >>> calculate_gain("relu")                 # sqrt(2) = 1.414...
     >>> calculate_gain("leaky_relu", 0.2)      # sqrt(2 / (1 + 0.2^2)) = 1.387...
@@ -39,7 +39,8 @@ _LEAKY_DEFAULT_SLOPE = 0.01
 def _leaky_slope(param: Any) -> float:
     if param is None:
         return _LEAKY_DEFAULT_SLOPE
-    # bool is an Integral in Python; PyTorch rejects it too (``negative_slope True not a valid number``).
+    # bool is an Integral in Python; PyTorch rejects it too ("negative_slope True not a valid
+    # number").
     if isinstance(param, bool) or not isinstance(param, numbers.Real):
         raise ValueError(
             f"leaky_relu's param is its negative slope, a real number; got {param!r} "
@@ -68,11 +69,12 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     ======================================================  =======================
 
     ReLU's ``sqrt(2)`` and leaky ReLU's ``sqrt(2 / (1 + a^2))`` are exact: He et al. 2015 show that
-    ``Var[y_l] = (1 + a^2) / 2 * n_l * Var[w_l] * Var[y_{l-1}]`` (arXiv:1502.01852, eq. 10 with
-    PReLU slope a). tanh's 5/3 and selu's 3/4 are empirical values chosen by PyTorch, not derived
-    from a variance argument. For SELU in particular the paper (Klambauer et al. 2017,
-    arXiv:1706.02515) uses weights with ``Var = 1/n``, i.e. gain 1, which is what makes
-    (mean, variance) = (0, 1) its fixed point; pass ``gain=1.0`` explicitly for that.
+    ``Var[y_l] = (1 + a^2) / 2 * n_l * Var[w_l] * Var[y_{l-1}]`` for slope a
+    (https://arxiv.org/abs/1502.01852, sec. 2.2). tanh's 5/3 and selu's 3/4 are empirical values
+    chosen by PyTorch, not derived from a variance argument. For SELU in particular the paper
+    (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515) uses weights with ``Var = 1/n``, i.e.
+    gain 1, which is what makes (mean, variance) = (0, 1) its fixed point; pass ``gain=1.0``
+    explicitly for that.
 
     Args:
       nonlinearity: one of :data:`NONLINEARITIES`.

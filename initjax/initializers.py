@@ -9,19 +9,19 @@ initializer protocol ``init(key, shape, dtype) -> Array``, so it plugs into
     >>> init.second_moment((256, 128))                     # E[W_ij^2] = 2 / 128, exactly
     >>> get(init.spec) == init                             # True: configs round-trip as strings
 
-Beside sampling, each scheme states ``second_moment(shape)`` (``E[W_ij^2]``, so a layer's mean-field
-``sigma_w^2 = fan_in * second_moment(shape)``) and ``gaussian_std(shape)``: the ``std`` for which the
-draw is literally ``std * jax.random.normal(key, shape, dtype)``, so schemes that differ only in
-scale can share one standard-normal draw.
+Beside sampling, each scheme states ``second_moment(shape)`` (``E[W_ij^2]``, so a layer's
+mean-field ``sigma_w^2 = fan_in * second_moment(shape)``) and ``gaussian_std(shape)``: the ``std``
+for which the draw is literally ``std * jax.random.normal(key, shape, dtype)``, so schemes that
+differ only in scale can share one standard-normal draw.
 
 Layouts follow Flax: Dense kernels are ``(in, out)``, Conv kernels ``(*spatial, in, out)``, with
 ``fan_in = in * prod(spatial)`` and ``fan_out = out * prod(spatial)`` (:func:`compute_fans`).
 
 Where the ecosystem disagrees, each docstring says which convention it follows: PyTorch's gains
 multiply the standard deviation, jax's ``scale`` multiplies the variance; jax's ``glorot_normal``,
-``he_normal`` and ``lecun_normal`` are truncated at 2 sigma (and rescaled), PyTorch's are not. Here the
-named schemes are untruncated by default (``truncated=True`` gives jax's convention), and
-:func:`variance_scaling` is jax's function.
+``he_normal`` and ``lecun_normal`` are truncated at 2 sigma (and rescaled), PyTorch's are not.
+Here the named schemes are untruncated by default (``truncated=True`` gives jax's convention),
+and :func:`variance_scaling` is jax's function.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def _normal_pdf(x: float) -> float:
 
 
 def _normal_mass(lower: float, upper: float) -> float:
-    """``Phi(upper) - Phi(lower)``, through ``erfc`` in the tails so it keeps its precision there."""
+    """``Phi(upper) - Phi(lower)``, through ``erfc`` in the tails to keep its precision there."""
     r2 = math.sqrt(2.0)
     if lower >= 0.0:
         return 0.5 * (math.erfc(lower / r2) - math.erfc(upper / r2))
@@ -117,7 +117,8 @@ def _truncated_moments(lower: float, upper: float) -> tuple[float, float]:
     """``(E[T], E[T^2])`` of a standard normal T truncated to ``(lower, upper)``, in closed form.
 
     With ``Z = Phi(b) - Phi(a)``: ``E[T] = (phi(a) - phi(b)) / Z`` and
-    ``E[T^2] = 1 + (a phi(a) - b phi(b)) / Z`` (Johnson, Kotz & Balakrishnan 1994, sec. 10.1).
+    ``E[T^2] = 1 + (a phi(a) - b phi(b)) / Z`` (Johnson, Kotz & Balakrishnan, "Continuous
+    Univariate Distributions", vol. 1, the truncated normal).
     """
     mass = _normal_mass(lower, upper)
     if not mass > 0.0:
@@ -171,7 +172,7 @@ _REGISTRY: Registry[Initializer] = Registry("initializer")
 
 @dataclasses.dataclass(frozen=True)
 class Initializer:
-    """A weight initializer: a registry name and its parameters, callable as ``init(key, shape, dtype)``.
+    """A weight initializer: a registry name and its parameters; ``init(key, shape, dtype)``.
 
     Compares and hashes by value, so it can be a static argument of ``jax.jit`` and a field of a
     frozen config, and it round-trips through JSON as its :attr:`spec` string.
@@ -234,7 +235,9 @@ class Initializer:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _compiled_sample(name: str, key: jax.Array, shape: Shape, dtype: Any, params: tuple) -> jax.Array:
+def _compiled_sample(
+    name: str, key: jax.Array, shape: Shape, dtype: Any, params: tuple
+) -> jax.Array:
     # One XLA program per (scheme, shape, dtype, params) instead of one per eager op: QR, scatter
     # and shuffles are a dozen ops, each compiled separately when called eagerly. The scaled-normal
     # schemes stay eager so their draw is literally ``normal(key, ...) * std`` (see gaussian_std).
@@ -245,8 +248,17 @@ def _no_shape_check(shape: Shape, **_: Any) -> None:
     del shape
 
 
-def _fan_shape_check(shape: Shape, **_: Any) -> None:
-    compute_fans(shape)
+def _check_rank2(name: str) -> Callable[..., None]:
+    """A shape check for schemes that need a kernel: rank >= 2 (fans, or a matrix to factor)."""
+
+    def check(shape: Shape, **_: Any) -> None:
+        if len(shape) < 2:
+            raise ValueError(
+                f"{name} needs a kernel shape of rank >= 2, (in, out) or (*spatial, in, out); got "
+                f"shape {shape} (rank {len(shape)})"
+            )
+
+    return check
 
 
 def _register(
@@ -303,7 +315,8 @@ def _sample_law(key: jax.Array, shape: Shape, dtype: Any, law: _Law) -> jax.Arra
     if law.kind == "truncated":
         # The multiplier is computed in float64 then rounded once to dtype.
         factor = law.value / TRUNCATED_NORMAL_STD_2SIGMA
-        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * jnp.asarray(factor, dtype)
+        draw = jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+        return draw * jnp.asarray(factor, dtype)
     return jax.random.uniform(key, shape, dtype, minval=-law.value, maxval=law.value)
 
 
@@ -330,7 +343,7 @@ def _register_law(
         sample=lambda key, shape, dtype, **p: _sample_law(key, shape, dtype, law(shape, **p)),
         second_moment=lambda shape, **p: _law_second_moment(law(shape, **p)),
         gaussian_std=lambda shape, **p: _law_gaussian_std(law(shape, **p)),
-        check_shape=_fan_shape_check,
+        check_shape=_check_rank2(name),
         aliases=aliases,
     )
 
@@ -417,7 +430,9 @@ def normal(stddev: float = 1.0, mean: float = 0.0) -> Initializer:
     return _make("normal", stddev=_check_nonneg("stddev", stddev), mean=check_float("mean", mean))
 
 
-def _normal_sample(key: jax.Array, shape: Shape, dtype: Any, stddev: float, mean: float) -> jax.Array:
+def _normal_sample(
+    key: jax.Array, shape: Shape, dtype: Any, stddev: float, mean: float
+) -> jax.Array:
     w = _gaussian(key, shape, dtype, stddev)
     return w if mean == 0.0 else w + jnp.asarray(mean, dtype)
 
@@ -434,7 +449,7 @@ _register(
 def uniform(
     scale: float | None = None, low: float | None = None, high: float | None = None
 ) -> Initializer:
-    """``W ~ U[-scale, scale]`` or ``W ~ U[low, high]``; ``E[W^2] = (low^2 + low high + high^2) / 3``.
+    """``W ~ U[-scale, scale]`` or ``W ~ U[low, high]``; ``E[W^2] = (low^2 + low high + high^2)/3``.
 
     Give either ``scale`` (symmetric) or both ``low`` and ``high``, not both forms. With no argument
     the law is **U[-1, 1]** (stored as ``scale=None``): symmetric, so zero-mean like every other
@@ -467,7 +482,9 @@ def uniform(
     return _make("uniform", scale=scale, low=low, high=high)
 
 
-def _uniform_bounds(scale: float | None, low: float | None, high: float | None) -> tuple[float, float]:
+def _uniform_bounds(
+    scale: float | None, low: float | None, high: float | None
+) -> tuple[float, float]:
     if low is not None and high is not None:
         return low, high
     half = 1.0 if scale is None else scale  # the documented default U[-1, 1]
@@ -498,13 +515,15 @@ def truncated_normal(
 ) -> Initializer:
     """``W = mean + s T`` with ``T`` a standard normal truncated to ``(lower, upper)``.
 
-    The bounds are in units of the standard deviation (jax's convention: ``truncated_normal(stddev)``
-    cuts at +-2 stddev), unlike PyTorch's ``trunc_normal_(mean, std, a, b)`` whose ``a, b`` are
-    absolute values. ``s = stddev`` by default, so the variance is *smaller* than ``stddev^2``
-    (by ``truncated_normal_std(lower, upper)^2``, 0.7737 for +-2), as in jax's and PyTorch's
-    ``truncated_normal``. With ``rescale=True``, ``s = stddev / truncated_normal_std(lower, upper)``
-    so the variance is exactly ``stddev^2`` (what jax's ``variance_scaling`` does with its constant
-    0.87962566103423978 for +-2; here computed for any bounds).
+    The bounds are in units of the standard deviation (jax's convention:
+    ``truncated_normal(stddev)`` cuts at +-2 stddev), unlike PyTorch's
+    ``trunc_normal_(mean, std, a, b)`` whose ``a, b`` are absolute values. ``s = stddev`` by
+    default, so the variance is *smaller* than ``stddev^2`` (by a factor
+    ``truncated_normal_std(lower, upper)^2``, 0.7737 for +-2), as in jax's ``truncated_normal``
+    and PyTorch's ``trunc_normal_``. With ``rescale=True``,
+    ``s = stddev / truncated_normal_std(lower, upper)`` so the variance is exactly ``stddev^2``
+    (what jax's ``variance_scaling`` does with its constant 0.87962566103423978 for +-2; here
+    computed for any bounds).
 
     ``E[W^2] = mean^2 + 2 mean s E[T] + s^2 E[T^2]`` with the closed-form truncated moments
     ``E[T] = (phi(a) - phi(b)) / Z``, ``E[T^2] = 1 + (a phi(a) - b phi(b)) / Z``,
@@ -572,12 +591,12 @@ def variance_scaling(
       ``jax.random.normal(key, shape, dtype) * std``.
     - ``"uniform"``: ``U[-a, a]`` with ``a = sqrt(3 scale / n)``.
 
-    ``E[W^2] = scale / n`` in all three cases. Unlike jax, ``mode`` and ``distribution`` have defaults
-    (fan_in, truncated_normal) and ``in_axis``/``out_axis`` are fixed to Flax's layout. A zero fan
-    (empty kernel) counts as 1.
+    ``E[W^2] = scale / n`` in all three cases. Unlike jax, ``mode`` and ``distribution`` have
+    defaults (fan_in, truncated_normal) and ``in_axis``/``out_axis`` are fixed to Flax's layout.
+    A zero fan (empty kernel) counts as 1.
 
-    References: He et al. 2015, arXiv:1502.01852 (``scale=2``, fan_in); Glorot & Bengio 2010
-    (``scale=1``, fan_avg); LeCun et al. 1998 (``scale=1``, fan_in).
+    References: He et al. 2015, https://arxiv.org/abs/1502.01852 (``scale=2``, fan_in); Glorot &
+    Bengio 2010 (``scale=1``, fan_avg); LeCun et al. 1998 (``scale=1``, fan_in).
 
     Args:
       scale: the variance multiplier, >= 0.
@@ -608,9 +627,10 @@ _register_law("variance_scaling", variance_scaling, _vs_law)
 def xavier_normal(gain: float = 1.0, truncated: bool = False) -> Initializer:
     """Xavier/Glorot normal: ``std = gain * sqrt(2 / (fan_in + fan_out))``.
 
-    ``E[W^2] = 2 gain^2 / (fan_in + fan_out)``, the compromise between forward (fan_in) and backward
-    (fan_out) variance preservation of Glorot & Bengio 2010, "Understanding the difficulty of
-    training deep feedforward neural networks" (AISTATS, https://proceedings.mlr.press/v9/glorot10a).
+    ``E[W^2] = 2 gain^2 / (fan_in + fan_out)``, the compromise between forward (fan_in) and
+    backward (fan_out) variance preservation of Glorot & Bengio 2010, "Understanding the difficulty
+    of training deep feedforward neural networks" (AISTATS, no arXiv version;
+    https://proceedings.mlr.press/v9/glorot10a).
 
     Untruncated by default, as PyTorch's ``xavier_normal_``; the gain multiplies the **std**, as in
     PyTorch. ``truncated=True`` is jax's ``glorot_normal`` (= ``variance_scaling(gain^2, "fan_avg",
@@ -632,8 +652,8 @@ def xavier_normal(gain: float = 1.0, truncated: bool = False) -> Initializer:
 
 def xavier_uniform(gain: float = 1.0) -> Initializer:
     """Xavier/Glorot uniform, the "normalized initialization" of Glorot & Bengio 2010 (eq. 16):
-    ``U[-a, a]`` with ``a = gain * sqrt(6 / (fan_in + fan_out))``; ``E[W^2] = 2 gain^2 / (fan_in +
-    fan_out)``.
+    ``U[-a, a]`` with ``a = gain * sqrt(6 / (fan_in + fan_out))``;
+    ``E[W^2] = 2 gain^2 / (fan_in + fan_out)``.
 
     The gain multiplies the bound (so the std), as PyTorch's ``xavier_uniform_``; jax's
     ``glorot_uniform`` is the ``gain=1`` case. Paper: https://proceedings.mlr.press/v9/glorot10a.
@@ -679,12 +699,13 @@ def he_normal(
     mode: str = "fan_in",
     truncated: bool = False,
 ) -> Initializer:
-    """He/Kaiming normal: ``std = gain / sqrt(fan_mode)``, ``gain = calculate_gain(nonlinearity,
-    param)`` unless given (sqrt(2) for ReLU); ``E[W^2] = gain^2 / fan_mode``.
+    """He/Kaiming normal: ``std = gain / sqrt(fan_mode)``; ``E[W^2] = gain^2 / fan_mode``.
 
-    He et al. 2015, "Delving Deep into Rectifiers", arXiv:1502.01852: a ReLU layer halves the second
-    moment, so ``n_l Var[w_l] = 2`` keeps it constant with depth (``2 / (1 + a^2)`` for slope a);
-    ``mode="fan_out"`` preserves the backward pass instead.
+    Unless given, ``gain = calculate_gain(nonlinearity, param)`` (sqrt(2) for ReLU).
+
+    He et al. 2015, "Delving Deep into Rectifiers", https://arxiv.org/abs/1502.01852: a ReLU layer
+    halves the second moment, so ``n_l Var[w_l] = 2`` keeps it constant with depth
+    (``2 / (1 + a^2)`` for slope a); ``mode="fan_out"`` preserves the backward pass instead.
 
     PyTorch's ``kaiming_normal_`` semantics: untruncated, and the gain multiplies the **std**.
     Differences: PyTorch's defaults are ``nonlinearity="leaky_relu", a=0`` (the same sqrt(2));
@@ -712,12 +733,12 @@ def he_uniform(
     param: float | None = None,
     mode: str = "fan_in",
 ) -> Initializer:
-    """He/Kaiming uniform: ``U[-a, a]``, ``a = gain * sqrt(3 / fan_mode)``; ``E[W^2] = gain^2 /
-    fan_mode``.
+    """He/Kaiming uniform: ``U[-a, a]``, ``a = gain * sqrt(3 / fan_mode)``;
+    ``E[W^2] = gain^2 / fan_mode``.
 
     Same parameters and gain rule as :func:`he_normal` (PyTorch's ``kaiming_uniform_``; jax's
     ``he_uniform`` is ``gain = sqrt(2)``, fan_in), minus ``truncated``. He et al. 2015,
-    arXiv:1502.01852.
+    https://arxiv.org/abs/1502.01852.
 
     Raises:
       ValueError: for ``gain < 0``, an unknown nonlinearity or mode.
@@ -730,7 +751,8 @@ def _he_gain(gain: float | None, nonlinearity: str, param: float | None) -> floa
 
 
 def _he_normal_law(shape: Shape, gain, nonlinearity, param, mode, truncated) -> _Law:
-    return _normal_law(_he_gain(gain, nonlinearity, param) / math.sqrt(_fan(shape, mode)), truncated)
+    std = _he_gain(gain, nonlinearity, param) / math.sqrt(_fan(shape, mode))
+    return _normal_law(std, truncated)
 
 
 def _he_uniform_law(shape: Shape, gain, nonlinearity, param, mode) -> _Law:
@@ -747,9 +769,9 @@ def lecun_normal(truncated: bool = False) -> Initializer:
     """LeCun normal: ``std = sqrt(1 / fan_in)``; ``E[W^2] = 1 / fan_in``.
 
     LeCun, Bottou, Orr & Mueller 1998, "Efficient BackProp" (sec. 4.6); the init SELU networks need
-    (Klambauer et al. 2017, arXiv:1706.02515). Untruncated by default; ``truncated=True`` is jax's
-    ``lecun_normal`` (2-sigma cut, variance preserved). PyTorch has no named equivalent
-    (``kaiming_normal_(nonlinearity="linear")`` is the same law).
+    (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515). Untruncated by default;
+    ``truncated=True`` is jax's ``lecun_normal`` (2-sigma cut, variance preserved). PyTorch has no
+    named equivalent (``kaiming_normal_(nonlinearity="linear")`` is the same law).
     """
     return _make("lecun_normal", truncated=_check_bool("truncated", truncated))
 
@@ -807,8 +829,8 @@ def _orthogonal_matrix(key: jax.Array, rows: int, cols: int, dtype: Any) -> jax.
     """A ``(rows, cols)`` matrix with orthonormal columns (tall/square) or rows (wide), Haar."""
     tall = (max(rows, cols), min(rows, cols))
     q, r = jnp.linalg.qr(jax.random.normal(key, tall, dtype))
-    # Sign-correct so the law is Haar (Mezzadri 2007, arXiv:math-ph/0609050); a zero diagonal
-    # (probability 0) keeps its column rather than zeroing it, as sign() would.
+    # Sign-correct so the law is Haar (Mezzadri 2007, https://arxiv.org/abs/math-ph/0609050);
+    # a zero diagonal (probability 0) keeps its column rather than zeroing it, as sign() would.
     signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
     q = q * signs[jnp.newaxis, :]
     return q if rows >= cols else q.T
@@ -818,19 +840,10 @@ def _orthogonal_rows_cols(shape: Shape) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
-def _check_rank2(name: str) -> Callable[..., None]:
-    def check(shape: Shape, **_: Any) -> None:
-        if len(shape) < 2:
-            raise ValueError(
-                f"{name} needs a shape of rank >= 2, (in, out) or (*spatial, in, out); got shape "
-                f"{shape} (rank {len(shape)})"
-            )
-
-    return check
-
-
 def orthogonal(gain: float = 1.0) -> Initializer:
-    """A (scaled) random orthogonal matrix, Saxe, McClelland & Ganguli 2014, arXiv:1312.6120.
+    """A (scaled) random orthogonal matrix, Saxe, McClelland & Ganguli 2014, "Exact solutions to
+    the nonlinear dynamics of learning in deep linear neural networks",
+    https://arxiv.org/abs/1312.6120.
 
     The kernel is flattened to ``(prod(shape[:-1]), shape[-1])``; a Gaussian matrix of the taller
     orientation is QR-factorized, the columns of Q are multiplied by ``sign(diag R)`` (so Q is Haar
@@ -867,13 +880,15 @@ _register(
 
 def delta_orthogonal(gain: float = 1.0) -> Initializer:
     """Delta-orthogonal conv kernel, Xiao et al. 2018, "Dynamical Isometry and a Mean Field Theory
-    of CNNs", arXiv:1806.05393 (Algorithm 2).
+    of CNNs", https://arxiv.org/abs/1806.05393.
 
     For a kernel ``(*spatial, in, out)`` of rank 3 to 5 with ``in <= out``, every tap is zero except
-    the spatial centre (index ``k // 2`` of each spatial dim), which is a random ``(in, out)`` matrix
-    with orthonormal rows (:func:`orthogonal`) times ``gain``. A conv layer is then an orthogonal
-    map of each pixel's channels, which is what gives 10,000-layer CNNs dynamical isometry.
-    ``E[W^2] = gain^2 / (out * prod(spatial))``. As jax's ``delta_orthogonal(scale=gain)``.
+    the spatial centre (index ``k // 2`` of each spatial dim), which is a random ``(in, out)``
+    matrix with orthonormal rows (:func:`orthogonal`) times ``gain``. A conv layer is then an
+    orthogonal map of each pixel's channels, which is what gives 10,000-layer CNNs dynamical
+    isometry. ``E[W^2] = gain^2 / (out * prod(spatial))``. As jax's
+    ``delta_orthogonal(scale=gain)``, except for even kernel sizes, where jax puts the centre at
+    ``(k - 1) // 2``.
 
     Args:
       gain: multiplier, >= 0.
@@ -887,8 +902,8 @@ def delta_orthogonal(gain: float = 1.0) -> Initializer:
 def _check_delta(shape: Shape, **_: Any) -> None:
     if not 3 <= len(shape) <= 5:
         raise ValueError(
-            f"delta_orthogonal needs a conv kernel (*spatial, in, out) of rank 3, 4 or 5; got shape "
-            f"{shape} (rank {len(shape)})"
+            f"delta_orthogonal needs a conv kernel (*spatial, in, out) of rank 3, 4 or 5; got "
+            f"shape {shape} (rank {len(shape)})"
         )
     if shape[-2] > shape[-1]:
         raise ValueError(
@@ -921,10 +936,12 @@ def identity(gain: float = 1.0) -> Initializer:
     """The identity map times ``gain``: ``eye(in, out)`` for a Dense kernel, a Dirac kernel for a
     conv kernel (``eye(in, out)`` at the spatial centre, index ``k // 2``, zero elsewhere).
 
-    Deterministic (the key is unused). ``E[W^2] = gain^2 min(in, out) / (in * out * prod(spatial))``.
+    Deterministic (the key is unused).
+    ``E[W^2] = gain^2 min(in, out) / (in * out * prod(spatial))``.
     Rectangular kernels get the rectangular identity (ones on the main diagonal). Used for IRNNs
-    (Le, Jaitly & Hinton 2015, arXiv:1504.00941) and DiracNets (Zagoruyko & Komodakis 2017,
-    arXiv:1706.00388); PyTorch's ``eye_`` and ``dirac_`` (without groups), times ``gain``.
+    (Le, Jaitly & Hinton 2015, https://arxiv.org/abs/1504.00941) and DiracNets (Zagoruyko &
+    Komodakis 2017, https://arxiv.org/abs/1706.00388); PyTorch's ``eye_`` and ``dirac_``
+    (without groups), times ``gain``.
 
     Args:
       gain: multiplier, >= 0.
@@ -947,14 +964,17 @@ _register(
     "identity",
     identity,
     sample=_identity_sample,
-    second_moment=lambda shape, gain: gain**2 * min(shape[-2], shape[-1]) / max(1, math.prod(shape)),
+    second_moment=lambda shape, gain: (
+        gain**2 * min(shape[-2], shape[-1]) / max(1, math.prod(shape))
+    ),
     check_shape=_check_rank2("identity"),
     compiled=True,
 )
 
 
 def sparse(k: int = 15, stddev: float = 1.0) -> Initializer:
-    """Sparse init, Martens 2010, "Deep learning via Hessian-free optimization" (ICML), sec. 5.
+    """Sparse init, Martens 2010, "Deep learning via Hessian-free optimization" (ICML, no arXiv
+    version; https://www.cs.toronto.edu/~jmartens/docs/Deep_HessianFree.pdf).
 
     With the kernel flattened to ``(fan_in, out)``, each output unit (column) gets exactly ``k``
     non-zero incoming weights at uniformly random rows, drawn ``N(0, stddev^2)`` (untruncated); the
@@ -1027,6 +1047,5 @@ def get(spec: str | Initializer, **kwargs: Any) -> Initializer:
 
 
 def names(aliases: bool = True) -> tuple[str, ...]:
-    """The registered initializer names, sorted (with aliases such as ``kaiming_normal`` by default)."""
+    """The registered initializer names, sorted; aliases (``kaiming_normal``, ...) unless False."""
     return _REGISTRY.names(aliases=aliases)
-

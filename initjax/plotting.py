@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from initjax.propagation import Propagation
 
-__all__ = ["hist_strip", "variance_curves", "sweep_grid", "new_figure"]
+__all__ = ["hist_strip", "variance_curves", "sweep_grid", "phase_diagram", "new_figure"]
 
 _STAT_LABELS = {
     "act_var": "Var[activation]",
@@ -206,3 +206,63 @@ def sweep_grid(
         ax.set_visible(False)
     return fig
 
+
+
+def phase_diagram(
+    sigma_w2: np.ndarray,
+    sigma_b2: np.ndarray,
+    values: np.ndarray,
+    *,
+    critical_sigma_w2: np.ndarray | None = None,
+    ax: Axes | None = None,
+    label: str = "chi_1",
+    log: bool = False,
+    center: float | None = None,
+) -> Axes:
+    """The order-to-chaos diagram (Poole et al. 2016; Schoenholz et al. 2017): ``values`` over the
+    ``(sigma_w2, sigma_b2)`` plane as a colour map, with the critical line ``chi_1 = 1`` drawn.
+
+    Args:
+      sigma_w2, sigma_b2: 1-d grids (x and y axes).
+      values: array ``(len(sigma_b2), len(sigma_w2))``, e.g. chi_1 or xi_c. Non-finite cells
+        (xi_c is infinite on the critical line) are drawn in grey and said in the colour bar label.
+      critical_sigma_w2: the critical ``sigma_w2`` for each ``sigma_b2`` (NaN where none).
+      log: colour on a log scale; center: a value to centre a diverging map on (1 for chi_1).
+    """
+    from matplotlib import colors
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(sigma_b2), len(sigma_w2)):
+        raise ValueError(f"values must have shape (len(sigma_b2), len(sigma_w2)) = "
+                         f"{(len(sigma_b2), len(sigma_w2))}, got {values.shape}")
+    if ax is None:
+        ax = new_figure(5.5, 4.0).subplots()
+    finite = np.isfinite(values) & ((values > 0) if log else True)
+    masked = np.ma.masked_where(~finite, values)
+    if center is not None and finite.any():
+        lo, hi = np.nanmin(values[finite]), np.nanmax(values[finite])
+        norm = colors.TwoSlopeNorm(vcenter=center, vmin=min(lo, center * 0.999), vmax=max(hi, center * 1.001))
+        cmap = "RdBu_r"
+    else:
+        norm = colors.LogNorm() if log else None
+        cmap = "viridis"
+    cmap_obj = _cmap(cmap)
+    cmap_obj.set_bad("0.8")
+    mesh = ax.pcolormesh(sigma_w2, sigma_b2, masked, shading="nearest", cmap=cmap_obj, norm=norm)
+    n_bad = int((~finite).sum())
+    ax.figure.colorbar(mesh, ax=ax, label=label + (f" ({n_bad} non-finite cells grey)" if n_bad else ""))
+    if critical_sigma_w2 is not None:
+        crit = np.asarray(critical_sigma_w2, dtype=np.float64)
+        ok = np.isfinite(crit)
+        ax.plot(crit[ok], np.asarray(sigma_b2)[ok], "k--", lw=1.5, label="critical line (chi_1 = 1)")
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("sigma_w^2")
+    ax.set_ylabel("sigma_b^2")
+    return ax
+
+
+def _cmap(name: str):
+    """A copy of a registered colour map (safe to modify)."""
+    import matplotlib
+
+    return matplotlib.colormaps[name].copy()

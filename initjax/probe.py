@@ -90,7 +90,7 @@ Array = jax.Array
 # Result
 # ----------------------------------------------------------------------------------------------
 class ProbeConfig(NamedTuple):
-    """What :mod:`initjax.plotting` reads from ``result.config``: a name and the number of layers."""
+    """What :mod:`initjax.plotting` reads from ``result.config``: a name and the layer count."""
 
     name: str
     depth: int
@@ -296,13 +296,18 @@ def _set_running_average(model: nnx.Module, value: bool) -> None:
             sub.use_running_average = value
 
 
+class _OutputError(TypeError):
+    """The model's forward pass did not return one array (not a shape problem of ``x``)."""
+
+
 def _as_output(result: Any, who: str) -> Array:
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping):
         result = result[0]  # Linen apply(..., mutable=[...]) returns (output, updated variables)
     if not isinstance(result, jax.Array | np.ndarray) or jnp.ndim(result) == 0:
-        raise TypeError(
+        shape = f" of shape {result.shape}" if hasattr(result, "shape") else ""
+        raise _OutputError(
             f"probe needs {who} to return one array with a batch axis; got "
-            f"{type(result).__name__}{'' if not hasattr(result, 'shape') else ' of shape ' + str(result.shape)}"
+            f"{type(result).__name__}{shape}"
         )
     return result
 
@@ -319,11 +324,20 @@ class _Runner:
 
     stack = False
 
+    def _key(self) -> tuple:
+        return (id(self),)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key()))
+
     def forward(self, params, rest, x, probes, meta):  # pragma: no cover - interface
         raise NotImplementedError
 
     def probe_x_shapes(self, out, aux: _Aux) -> list[Any]:
-        """Shapes of the probes on the layer outputs: the next call's input, the model output last."""
+        """Shapes of the probes on the layer outputs: each next call's input, then the output."""
         return [*aux.inputs[1:], out]
 
     def tensors(self, x, out, aux: _Aux, dprobes: _Probes) -> dict[str, list[Array]]:
@@ -343,7 +357,14 @@ class _NNXRunner(_Runner):
         self.graphdef = graphdef
         self.ura = use_running_average
 
+    def _key(self) -> tuple:
+        return (self.graphdef, self.ura)
+
     def _merge(self, params, rest):
+        # nnx.merge reuses the Variable objects of the states it is given; rebuilding the states
+        # (tree.map) gives the copy its own Variables, so running averages updated by a
+        # training-mode batch norm never reach the caller's model (nor leak tracers into it).
+        params, rest = jax.tree.map(lambda a: a, (params, rest))
         model = nnx.merge(self.graphdef, params, rest)
         if self.ura is not None:
             _set_running_average(model, self.ura)
@@ -372,6 +393,9 @@ class _StackRunner(_NNXRunner):
     def __init__(self, graphdef, use_running_average: bool | None, norm_placement: str):
         super().__init__(graphdef, use_running_average)
         self.norm_placement = norm_placement
+
+    def _key(self) -> tuple:
+        return (self.graphdef, self.ura, self.norm_placement)
 
     def forward(self, params, rest, x, probes, meta):
         model = self._merge(params, rest)
@@ -425,7 +449,8 @@ class _LinenRunner(_Runner):
 
         def interceptor(next_fun, args, kwargs, context):
             mod = context.module
-            if context.method_name != "__call__" or not isinstance(mod, nn.Dense | nn.Conv) or id(mod) in busy:
+            hooked = isinstance(mod, nn.Dense | nn.Conv) and context.method_name == "__call__"
+            if not hooked or id(mod) in busy:
                 return next_fun(*args, **kwargs)
             path = tuple(mod.scope.path) if mod.scope is not None else ()
             hook = rec.layer_hook(_path_name(path), path, isinstance(mod, nn.Conv))
@@ -482,6 +507,36 @@ def _kernel_grad_stats(g: Array) -> tuple[Array, Array, Array]:
     return mean * s, jnp.mean((u - mean) ** 2) * s * s, jnp.sqrt(jnp.sum(u * u)) * s
 
 
+@functools.partial(
+    jax.jit, static_argnames=("runner", "conv_paths", "loss", "stacked", "per_member_cot")
+)
+def _tensors_of(params, rest, x, zeros, ct, *, runner, conv_paths, loss, stacked, per_member_cot):
+    """Forward with zero probes, one vjp, and every layer's tensors as ``(seed, rows, channels)``.
+
+    Compiled once per model structure (the runner compares by graph definition and options) and
+    cotangent kind, so probing a model again, or another model of the same architecture, reuses
+    the program.
+    """
+
+    def member(params, rest, ct):
+        def f(p, probes):
+            return runner.forward(p, rest, x, probes, [])
+
+        out, vjp_fn, aux = jax.vjp(f, params, zeros, has_aux=True)
+        ct = jax.grad(loss)(out) if loss is not None else ct.astype(out.dtype)
+        dparams, dprobes = vjp_fn(ct)
+        tensors = runner.tensors(x, out, aux, dprobes)
+        tensors = {k: (None if v is None else [_rows(a) for a in v]) for k, v in tensors.items()}
+        flat = _flat(dparams)
+        keys = [None if p is None else (*p, "kernel") for p in conv_paths]
+        kgrads = [_kernel_grad_stats(flat[k]) if k in flat else None for k in keys]
+        return tensors, kgrads
+
+    if not stacked:
+        return jax.tree.map(lambda a: a[None], member(params, rest, ct))
+    return jax.vmap(member, in_axes=(0, 0, 0 if per_member_cot else None))(params, rest, ct)
+
+
 @functools.lru_cache(maxsize=64)
 def _layer_measure(act, act_range, grad_range, bins, saturation_tolerance):
     """measure_layers for one layer, vmapped over the seed axis and compiled once per options (and
@@ -514,7 +569,9 @@ def _check_x(x: Any) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x must be a float array, got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError(f"x must be a batch with a leading batch axis (rank >= 2), got shape {x.shape}")
+        raise ValueError(
+            f"x must be a batch with a leading batch axis (rank >= 2), got shape {x.shape}"
+        )
     return x
 
 
@@ -534,7 +591,8 @@ def _check_cotangent(cotangent: Any) -> tuple[str, Any]:
             raise TypeError(f"a cotangent array must be float, got dtype {c.dtype}")
         return "array", c
     raise TypeError(
-        f"cotangent must be 'normal', an array or a callable loss(output) -> scalar; got {cotangent!r}"
+        "cotangent must be 'normal', an array or a callable loss(output) -> scalar; "
+        f"got {cotangent!r}"
     )
 
 
@@ -546,15 +604,23 @@ def _stack_size(model: nnx.Module, layers: list[tuple[tuple, nnx.Module]]) -> in
         if kernel is None:
             continue
         shape = tuple(jnp.shape(kernel[...]))
-        want = (m.in_features, m.out_features) if isinstance(m, nnx.Linear) else tuple(m.kernel_shape)
+        if isinstance(m, nnx.Linear):
+            want = (m.in_features, m.out_features)
+        else:
+            want = tuple(m.kernel_shape)
         if shape == want:
             extra.add(None)
         elif len(shape) == len(want) + 1 and shape[1:] == want:
             extra.add(shape[0])
         else:
-            raise ValueError(f"kernel of shape {shape} does not match its layer's {want} or a stacked (S, *{want})")
+            raise ValueError(
+                f"kernel of shape {shape} matches neither its layer's {want} nor a stacked "
+                f"(S, *{want})"
+            )
     if len(extra) > 1:
-        raise ValueError(f"some layers are stacked and some are not (leading sizes {sorted(map(str, extra))})")
+        raise ValueError(
+            f"some layers are stacked and some are not (leading sizes {sorted(map(str, extra))})"
+        )
     return extra.pop() if extra else None
 
 
@@ -568,9 +634,9 @@ def _discover(runner: _Runner, params, rest, x, model_desc: str, expect: str):
     meta: list[_Call] = []
     try:
         out, aux = jax.eval_shape(lambda p, r: runner.forward(p, r, x, None, meta), params, rest)
+    except _OutputError:
+        raise
     except (TypeError, ValueError) as err:
-        if isinstance(err, TypeError) and "return one array" in str(err):
-            raise
         raise ValueError(
             f"x of shape {tuple(x.shape)} does not fit {model_desc}: {expect}. The forward pass "
             f"failed with: {err}"
@@ -583,7 +649,8 @@ def _infer_activation(act_in: np.ndarray, y: np.ndarray) -> _activations.Activat
     if act_in.shape != y.shape:
         return identity
     names = ["identity", *(n for n in _activations.names(aliases=False) if n != "identity")]
-    candidates = [_activations.get(n) for n in names] + [_activations.get("gelu", approximate=True)]
+    candidates = [_activations.get(n) for n in names]
+    candidates.append(_activations.get("gelu", approximate=True))  # jax.nn.gelu's default
     for phi in candidates:
         got = np.asarray(phi(jnp.asarray(act_in)))
         if np.allclose(got, y, rtol=1e-5, atol=1e-6, equal_nan=True):
@@ -635,8 +702,10 @@ def _measure(
     if kind == "loss":
         try:
             loss_shape = jax.eval_shape(cot_value, out_s).shape
-        except Exception as err:  # noqa: BLE001 - any failure of the user's loss is reported as such
-            raise ValueError(f"cotangent loss failed on an output of shape {out_shape}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - any failure of the user's loss is reported
+            raise ValueError(
+                f"cotangent loss failed on an output of shape {out_shape}: {err}"
+            ) from err
         if loss_shape != ():
             raise ValueError(f"cotangent loss must return a scalar, got shape {loss_shape}")
 
@@ -648,44 +717,30 @@ def _measure(
         rows = math.prod(h.shape[:-1]) if len(h.shape) > 1 else h.shape[0]
         if rows > MAX_ROWS:
             raise ValueError(
-                f"layer {call.name!r} has {rows} rows (batch x spatial positions) of shape {h.shape}; "
-                f"the cosine and weight-gradient statistics form rows x rows Gram matrices, so probe "
-                f"allows at most {MAX_ROWS}: use a smaller batch or smaller inputs"
+                f"layer {call.name!r} has {rows} rows (batch x spatial positions; output shape "
+                f"{h.shape}); the cosine and weight-gradient statistics form rows x rows Gram "
+                f"matrices, so probe allows at most {MAX_ROWS}: use a smaller batch or inputs"
             )
 
-    def run_member(params, rest, seed, cot):
-        def f(p, probes):
-            return runner.forward(p, rest, x, probes, [])
-
-        out, vjp_fn, aux = jax.vjp(f, params, zeros, has_aux=True)
-        if kind == "normal":
-            k = jax.random.fold_in(base_key, seed)
-            ct = jax.random.normal(k, out.shape, jnp.float32).astype(out.dtype)
-        elif kind == "array":
-            ct = cot.astype(out.dtype)
-        else:
-            ct = jax.grad(cot_value)(out)
-        dparams, dprobes = vjp_fn(ct)
-        t = runner.tensors(x, out, aux, dprobes)
-        flat_grads = _flat(dparams)
-        kgrads = [
-            _kernel_grad_stats(flat_grads[(*c.path, "kernel")]) if c.is_conv and (*c.path, "kernel") in flat_grads
-            else None
-            for c in meta
+    if kind == "normal":
+        members = stack_size or 1
+        draws = [
+            jax.random.normal(jax.random.fold_in(base_key, m), out_shape, jnp.float32)
+            for m in range(members)
         ]
-        t = {k2: (None if v is None else [_rows(a) for a in v]) for k2, v in t.items()}
-        return t, kgrads
-
-    seeds = jnp.arange(stack_size or 1, dtype=jnp.uint32)
-    cot_arg = cot_value if kind == "array" else jnp.zeros(())
-    if stack_size is None:
-        tensors, kgrads = run_member(params, rest, seeds[0], cot_arg)
-        tensors, kgrads = jax.tree.map(lambda a: a[None], (tensors, kgrads))
+        ct = jnp.stack(draws).astype(out_s.dtype) if stack_size else draws[0].astype(out_s.dtype)
+    elif kind == "array":
+        ct = cot_value.astype(out_s.dtype)
     else:
-        cot_axis = 0 if kind == "array" and cot_arg.ndim == len(out_shape) + 1 else None
-        tensors, kgrads = jax.jit(jax.vmap(run_member, in_axes=(0, 0, 0, cot_axis)))(params, rest, seeds, cot_arg)
+        ct = jnp.zeros((), out_s.dtype)
+    per_member_cot = stack_size is not None and ct.ndim == len(out_shape) + 1
+    tensors, kgrads = _tensors_of(
+        params, rest, x, zeros, ct, runner=runner,
+        conv_paths=tuple(c.path if c.is_conv else None for c in meta),
+        loss=cot_value if kind == "loss" else None, stacked=stack_size is not None,
+        per_member_cot=per_member_cot,
+    )
 
-    n_layers = len(meta)
     calls_per_path: dict[tuple, int] = {}
     for c in meta:
         calls_per_path[c.path] = calls_per_path.get(c.path, 0) + 1
@@ -723,8 +778,7 @@ def _measure(
                 weight_grad_norm=nan if shared else np.asarray(g[2])[:, None],
             )
         layer_stats.append(st)
-    stats = LayerStats(*(np.concatenate(parts, axis=1) for parts in zip(*layer_stats, strict=True)))
-    assert stats.act_var.shape == ((stack_size or 1), n_layers)
+    stats = LayerStats(*(np.concatenate(p, axis=1) for p in zip(*layer_stats, strict=True)))
     edges = (
         np.linspace(act_range[0], act_range[1], bins + 1).astype(np.float32),
         np.linspace(grad_range[0], grad_range[1], bins + 1).astype(np.float32),
@@ -755,10 +809,13 @@ def _nnx_setup(model: Any, x: Any, use_running_average: Any):
     """Validate an NNX model and its batch; return what :func:`_measure` and LSUV need."""
     if not isinstance(model, nnx.Module):
         raise TypeError(
-            f"model must be a Flax NNX Module (for Linen use probe_linen), got {type(model).__name__}"
+            "model must be a Flax NNX Module (for Linen use probe_linen), got "
+            f"{type(model).__name__}"
         )
     if use_running_average is not None and not isinstance(use_running_average, bool):
-        raise TypeError(f"use_running_average must be None, True or False, got {use_running_average!r}")
+        raise TypeError(
+            f"use_running_average must be None, True or False, got {use_running_average!r}"
+        )
     x = _check_x(x)
     layers = _layer_modules(model)
     name = type(model).__name__
@@ -918,7 +975,8 @@ def probe_linen(
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError(
             "variables must be a mapping with a 'params' collection (what module.init returns), "
-            f"got {type(variables).__name__}" + (f" with keys {sorted(variables)}" if isinstance(variables, Mapping) else "")
+            f"got {type(variables).__name__}"
+            + (f" with keys {sorted(variables)}" if isinstance(variables, Mapping) else "")
         )
     if apply_kwargs is not None and not isinstance(apply_kwargs, Mapping):
         raise TypeError(f"apply_kwargs must be a dict or None, got {apply_kwargs!r}")

@@ -73,7 +73,7 @@ def test_bad_leaky_param(param):
     ],
 )
 def test_he_normal_uses_the_gain(nonlinearity, param, gain):
-    """he_normal with gain=None: std = calculate_gain(...) / sqrt(fan_in), E[W^2] = gain^2 / fan_in."""
+    """he_normal, gain=None: std = calculate_gain(...) / sqrt(fan_in), E[W^2] = gain^2 / fan_in."""
     init = inits.he_normal(nonlinearity=nonlinearity, param=param)
     assert init.second_moment((100, 10)) == pytest.approx(gain**2 / 100, rel=1e-12)
     assert init.gaussian_std((100, 10)) == pytest.approx(gain / 10, rel=1e-12)

@@ -32,6 +32,12 @@ _REPRODUCTIONS = {
             "The classic demo: 10-layer, 4096-wide tanh/ReLU MLP with N(0, 0.01^2), N(0, 1), Xavier "
             "and He weights, zero init and a 6-layer tanh MLP at std 0.05; per-layer histograms.",
         ),
+        Reproduction(
+            "phase-diagram",
+            "phase_diagram",
+            "Poole 2016 / Schoenholz 2017: chi_1 and xi_c over (sigma_w^2, sigma_b^2) for tanh with "
+            "the critical line; measured correlation propagation in the ordered, critical and chaotic phases.",
+        ),
     )
 }
 

@@ -1,0 +1,63 @@
+"""Benchmark: compile time, run time and peak memory of ``propagate`` against depth.
+
+    python benchmarks/depth_scaling.py                       # width 1024, depths 10..1000
+    python benchmarks/depth_scaling.py --width 256 --depths 10 100
+
+Each depth runs in a fresh process, so its peak resident memory (``ru_maxrss``) is its own. With
+``lax.scan`` over layers and weights redrawn in the backward pass, compile time and memory should be
+flat in depth except for the per-layer activations kept for the statistics (8 x batch x width floats
+per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from initjax import NetworkConfig
+from initjax.propagation import _compiled, _Opts, _as_key, seed_keys, default_lanes, propagate
+depth, width, batch, seeds = map(int, sys.argv[1:5])
+c = NetworkConfig(depth=depth, width=width, batch=batch, init="he_normal", activation="relu")
+opts = _Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
+keys = seed_keys(_as_key(0, "philox2x32"), np.arange(seeds))
+import jax
+fn = _compiled((c,), opts, False, False, default_lanes(), "philox2x32", 1)
+t = time.perf_counter()
+compiled = fn.lower(jax.random.key_data(keys), None).compile()
+compile_s = time.perf_counter() - t
+propagate(c, seeds=seeds, chunk_size=seeds, progress=False)  # warm (compiles through the cache)
+t = time.perf_counter()
+propagate(c, seeds=seeds, chunk_size=seeds, progress=False)
+run_s = time.perf_counter() - t
+print(json.dumps({"depth": depth, "compile_s": compile_s, "run_s_per_seed": run_s / seeds,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--depths", type=int, nargs="+", default=[10, 100, 300, 1000])
+    a = p.parse_args()
+    rows = []
+    for depth in a.depths:
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(depth), str(a.width), str(a.batch), str(a.seeds)],
+            capture_output=True, text=True, check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"depth {depth:5d}: compile {r['compile_s']:6.2f} s, run {r['run_s_per_seed']:7.3f} s/seed, "
+              f"peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+    print(json.dumps({"width": a.width, "batch": a.batch, "seeds": a.seeds, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""An exact fast path for networks with i.i.d. zero-mean Gaussian weights: O(B n) random numbers a layer.
+
+The engine (:mod:`initjax.propagation`) draws every entry of every ``n_in x n_out`` weight matrix,
+yet each tensor it returns sees a layer's ``W`` only through two products: ``H = X W + b`` forward
+and ``dL/dX = D W^T`` backward (``X``: the layer input, ``B x n_in``; ``D = dL/dH``, ``B x n_out``;
+the weight gradient ``X^T D`` does not involve ``W``). When ``W`` has i.i.d. ``N(0, s^2)`` entries,
+those two products can be sampled directly from their exact joint law with ``O(B (n_in + n_out))``
+random numbers instead of ``n_in n_out``. :func:`fast_seed_tensors` does that; its tensors can be
+fed to the engine's statistics unchanged.
+
+Algorithm, one layer of one seed (``P = V V^T``):
+
+* Forward. ``V`` (``n_in x k``, ``k = min(B, n_in)``) has orthonormal columns spanning the row
+  space of ``X`` (from an SVD, see *Rank deficiency* below). Draw ``G`` (``k x n_out``) i.i.d.
+  ``N(0, s^2)`` and set ``H = (X V) G + b``. This is the engine's ``_layer_forward`` called with
+  ``(X V, G)`` in place of ``(X, W)``, so activation, normalization and their placement are the
+  engine's own code.
+* Backward. ``D = dL/dH`` is ``jax.vjp`` of that same call with respect to a zero probe on ``H``
+  (as the engine does), given ``dL/d out``. Then, with ``V_D`` (``n_out x k_D``) an orthonormal
+  basis of the row space of ``D`` and ``F`` (``k_D x n_in``) fresh i.i.d. ``N(0, s^2)``::
+
+      E     = (D V_D) F                          # a sample of D W~^T, W~ a fresh copy of W
+      dL/dX = (D G^T) V^T + E (I - P)            # = D W^T with W conditioned on H
+
+  Layers run forward as a ``lax.scan`` when all weight shapes agree (a Python loop otherwise) and
+  backward as a reverse scan (loop). ``G`` and ``F`` of layer ``l`` come from
+  ``fold_in(fold_in(weights_key, l), 0)`` and ``(..., 1)``; inputs, biases and the output cotangent
+  use the engine's own keys and code, so a seed's numbers depend only on its key and layer, never on
+  how many seeds run beside it.
+
+Why it is exact. Everything returned (``x_prev, h, y, out, dh, dx`` of every layer) has, jointly,
+the same law as in the dense path; it is *not* bitwise equal (other random numbers).
+
+1. *Rotational invariance.* The columns ``w_j`` of ``W`` are i.i.d. ``N(0, s^2 I)``. For ``V`` with
+   orthonormal columns, ``V^T w_j ~ N(0, s^2 V^T V) = N(0, s^2 I_k)``, so ``G = V^T W`` is i.i.d.
+   ``N(0, s^2)``; and ``(I - P) w_j`` is jointly Gaussian with ``V^T w_j`` with cross-covariance
+   ``s^2 (I - P) V = 0``, hence independent of it and distributed as ``(I - P) w~_j``. So
+   ``W = V G + (I - P) W`` with the two terms independent, and this holds conditionally on
+   anything independent of ``W`` (such as a ``V`` computed from ``X``).
+2. *Forward.* If ``span(V)`` contains the rows of ``X``, then ``X = X P`` and
+   ``X W = (X V)(V^T W) = (X V) G``: given ``X``, a fresh ``G`` gives ``H`` its exact conditional law.
+3. *Order of generation.* Both paths produce, in order: ``x^0`` and the biases, ``H^1, ..., H^L``
+   (with ``x^l = f_l(H^l)``, ``f_l`` the activation and normalization: a fixed function, row-coupled
+   for batch norm), the cotangent ``dx^L`` (a fixed function of ``x^L`` and its own key), then for
+   ``l = L..1``: ``D^l = J_{f_l}(H^l)^T dx^l`` and ``dx^{l-1} = D^l W^{lT}``. By the chain rule of
+   conditional laws, the joint laws agree if every step has the same conditional law given all
+   earlier steps. Deterministic steps are the same functions in both paths. ``H^l``: the earlier
+   steps depend on ``W^1..W^{l-1}`` only, so ``W^l`` is still i.i.d. given them, and 2 applies.
+4. *Conditioning for the backward step.* Given the earlier steps ``F_l`` (all forward tensors, the
+   cotangent, ``D^L..D^l`` and ``dx^L..dx^l``), what is the law of ``W^l``? Every tensor in ``F_l``
+   is a function of randomness independent of ``W^l`` (inputs, biases, the cotangent's key, the
+   other layers' weights) and of ``W^l`` *only through* ``H^l``: later layers see ``x^l = f_l(H^l)``;
+   ``D^l`` is the vjp of ``f_l`` at ``H^l`` applied to ``dx^l``, and ``dx^l = D^{l+1} W^{(l+1)T}``
+   involves ``W^{l+1}``, not ``W^l``, so ``D`` depends on ``W^l`` only through ``H^l``. Given
+   ``x^{l-1}`` and ``b^l``, ``H^l`` and ``G = V^T W^l`` determine each other (``X V`` has full
+   column rank when ``V`` spans exactly the row space). Hence ``W^l`` given ``F_l`` has the law of
+   ``W^l`` given ``G``, which by 1 is ``V G + (I - P) W~`` with ``W~`` fresh, and
+   ``dx^{l-1} = D G^T V^T + (D W~^T)(I - P)``, ``W~`` independent of ``D``. The fast path reuses the
+   very ``G`` of its forward step, as conditioning requires. (If ``V`` also spans directions not in
+   the row space, the extra part ``V_e G_e`` of ``V G`` is a fresh Gaussian in those directions,
+   and ``V_e G_e + (I - P) W~`` has the law of ``(I - P_row) W~`` by 1 again: still exact.)
+5. *The complement term.* Row ``i`` of ``W~`` is ``w~_i ~ N(0, s^2 I_{n_out})``, i.i.d. over
+   ``i``; column ``i`` of ``D W~^T`` is ``D w~_i``. By 1 and 2 applied to ``D`` in place of ``X``,
+   ``D W~^T = (D V_D)(V_D^T W~^T)`` where ``F = V_D^T W~^T`` is i.i.d. ``N(0, s^2)``: ``E`` is an
+   exact sample of ``D W~^T``, and ``E (I - P)`` is ``(D W~^T)(I - P)`` for that same ``W~``.
+6. *Independence.* ``G`` and ``F`` of every layer are drawn from distinct ``fold_in`` keys (as the
+   dense path draws its ``W^l``), so they are independent of one another and of the inputs, biases
+   and cotangent; different seeds use different keys. Steps 3-5 then hold layer by layer.
+
+The layer-1 input gradient ``dL/dx^0`` is not returned by the engine, so it is not computed.
+
+Rank deficiency (dead ReLUs, zero or duplicated inputs, batch > width). The argument needs only
+``span(V) ⊇ rowspace(X)`` with ``V`` orthonormal. ``V`` comes from the SVD of ``X`` with each row
+scaled to unit norm (so the test is per example and scale-free; zero rows stay zero), keeping the
+directions with singular value ``sigma_k > 32 eps sigma_max`` (``eps`` of the dtype: 1.2e-7 for
+float32). A direction with ``sigma_k = 0`` is orthogonal to every row (``X v_k = 0``): it
+contributes nothing to ``H``, and dropping it leaves the law exact (it is then covered by the
+``(I - P) W~`` term). A direction with ``0 < sigma_k <= 32 eps sigma_max`` is indistinguishable from
+0 in float32: the SVD's own backward error is a small multiple of ``eps sigma_max``, and dropping it
+moves row ``b`` of ``H`` by at most ``32 eps sigma_max <= 32 eps sqrt(B)`` relative to ``||x_b|| s``,
+the order of float32 rounding in the dense product. Dropping null directions also means the
+solver's arbitrary null-space vectors are never used. ``X V`` is computed from ``X`` itself, so a
+zero row of ``X`` gives an exactly zero row of ``H - b``, an all-zero ``X`` gives ``H = b`` exactly,
+and an all-zero ``D`` gives ``dL/dX = 0`` exactly; nothing divides by a singular value, so no NaN.
+
+Non-finite values (overflowed networks, e.g. deep ReLU with N(0, 1) weights). A row of ``X`` (or
+``D``) with an inf or NaN entry is left out of the basis and its row of ``H`` (``dL/dX``) is NaN;
+the dense path makes that row inf or NaN. Non-finite counts therefore agree, every finite row is
+exact, and only values downstream of an overflowed row may differ (``tanh(inf) = 1`` vs NaN).
+
+Cost per layer and seed, with ``k = min(B, n_in)``, ``k_D = min(B, n_out)``:
+
+* random numbers: ``k n_out + k_D n_in <= B (n_in + n_out)`` normals, against ``n_in n_out`` dense
+  (twice that with ``remat``, which redraws ``W`` in the backward pass);
+* flops: two thin SVDs of ``B x n_in`` and ``B x n_out`` matrices, ``O(B^2 (n_in + n_out))``, and
+  matmuls of the same order (``X V``, ``(XV) G``, ``D V_D``, ``(D V_D) F``, ``D G^T V^T``, the
+  projection, and the forward recomputed once for the vjp), against ``4 B n_in n_out`` dense;
+* memory: kept per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), the same
+  order as the ``(batch, units)`` tensors the engine keeps anyway; no ``n_in x n_out`` buffer ever
+  exists (dense: about four per live matrix, see ``propagation.estimate_memory``).
+
+Only zero-mean, untruncated i.i.d. Gaussian inits qualify (:func:`fast_applicable`): orthogonal,
+uniform, truncated, sparse or non-zero-mean weights do not have the rotational invariance of 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from initjax import propagation as _prop
+from initjax.config import NetworkConfig
+
+__all__ = ["fast_applicable", "fast_seed_tensors", "fast_seed_stats", "fast_estimate_memory"]
+
+# Null-direction tolerance in units of the dtype's eps, relative to the largest singular value of
+# the row-normalized matrix: a few times the float32 SVD's backward error (see the module docstring).
+_NULL_RTOL_EPS = 32.0
+# fold_in tags under fold_in(weights_key, layer): the forward factor G and the complement factor F
+_TAG_G = 0
+_TAG_F = 1
+_DTYPES = ("float32", "float64")
+
+
+def fast_applicable(config: NetworkConfig) -> str | None:
+    """None if :func:`fast_seed_tensors` applies to ``config``, else the reason it does not.
+
+    It applies when every weight init is literally ``std * normal(key, shape)`` for every weight
+    shape (``Initializer.gaussian_std(shape)`` is not None: zero-mean, untruncated i.i.d. Gaussian,
+    e.g. ``normal``, ``he_normal``, ``xavier_normal``, ``lecun_normal``) and the dtype is float32 or
+    float64 (the factorizations are not defined in half precision).
+
+    Raises:
+      TypeError: if ``config`` is not a :class:`~initjax.config.NetworkConfig`.
+    """
+    if not isinstance(config, NetworkConfig):
+        raise TypeError(f"config must be an initjax NetworkConfig, got {type(config).__name__}")
+    if config.dtype not in _DTYPES:
+        return f"dtype {config.dtype!r}: the fast path needs float32 or float64 (it factorizes the layer inputs)"
+    init = config.init
+    spec = getattr(init, "spec", None) or getattr(init, "__name__", type(init).__name__)
+    gaussian_std = getattr(init, "gaussian_std", None)
+    if gaussian_std is None:
+        return f"init {spec!r} is a custom function: its law is unknown, so it is not known to be i.i.d. Gaussian"
+    for shape in config.weight_shapes:
+        try:
+            std = gaussian_std(shape)
+        except (TypeError, ValueError) as err:
+            return f"init {spec!r} cannot fill weight shape {shape}: {err}"
+        if std is None:
+            return f"init {spec!r} is not an i.i.d. zero-mean untruncated Gaussian (weight shape {shape})"
+    return None
+
+
+class _Basis(NamedTuple):
+    """An orthonormal basis of the row space of a ``(batch, n)`` matrix ``X`` and its coordinates."""
+
+    coords: jax.Array  # (batch, k) X V: NaN rows where X has a non-finite entry
+    vt: jax.Array  # (k, n) V^T: orthonormal rows; dropped (null) directions are zero rows
+
+
+def _row_basis(x: jax.Array) -> _Basis:
+    """``V^T`` from the SVD of ``x`` with unit-norm rows, null directions dropped (module docstring)."""
+    bad = ~jnp.all(jnp.isfinite(x), axis=1, keepdims=True)  # (batch, 1)
+    xc = jnp.where(bad, 0.0, x).astype(x.dtype)
+    scale = jnp.max(jnp.abs(xc))
+    xs = xc / jnp.where(scale > 0, scale, 1.0).astype(x.dtype)  # max-abs first: norms cannot overflow
+    norms = jnp.linalg.norm(xs, axis=1, keepdims=True)
+    unit = xs / jnp.where(norms > 0, norms, 1.0).astype(x.dtype)
+    _, sigma, vt = jnp.linalg.svd(unit, full_matrices=False)  # sigma descending
+    rtol = _NULL_RTOL_EPS * float(jnp.finfo(x.dtype).eps)
+    keep = sigma > rtol * sigma[0]  # all False when x has no finite non-zero row
+    vt = jnp.where(keep[:, None], vt, 0.0).astype(x.dtype)
+    coords = jnp.where(bad, jnp.nan, xc @ vt.T).astype(x.dtype)
+    return _Basis(coords, vt)
+
+
+def _layer_std(config: NetworkConfig, shape: tuple[int, int]) -> float:
+    std = config.init.gaussian_std(shape)
+    if std is None:  # fast_applicable was checked first; keep the invariant loud
+        raise ValueError(f"init {config.init!r} has no Gaussian std for shape {shape}")
+    return std
+
+
+def _normal(key: jax.Array, shape: tuple[int, int], std: float, dtype: Any) -> jax.Array:
+    # the engine's Gaussian expression: normal(key, shape, dtype) * std
+    return jax.random.normal(key, shape, dtype) * jnp.asarray(std, dtype)
+
+
+def _bias(config: NetworkConfig, keys: Any, layer: Any, n_out: int) -> jax.Array:
+    return config.bias_init(jax.random.fold_in(keys.biases, layer), (n_out,), config.jnp_dtype)
+
+
+def _forward_layer(config: NetworkConfig, keys: Any, layer: Any, x: jax.Array, shape: tuple[int, int]):
+    """``(h, y, out, coords, vt, g)`` of one layer: the engine's forward with ``X W = (X V) G``."""
+    dtype = config.jnp_dtype
+    basis = _row_basis(x)
+    k_w = jax.random.fold_in(keys.weights, layer)
+    g = _normal(jax.random.fold_in(k_w, _TAG_G), (basis.vt.shape[0], shape[1]), _layer_std(config, shape), dtype)
+    b = _bias(config, keys, layer, shape[1])
+    zeros = jnp.zeros((x.shape[0], shape[1]), dtype)
+    h, y, out = _prop._layer_forward(config, basis.coords, g, b, zeros, zeros)
+    return h, y, out, basis.coords, basis.vt, g
+
+
+def _nonlinear_backward(config: NetworkConfig, keys: Any, layer: Any, coords, g, dout) -> jax.Array:
+    """``dL/dh`` from ``dL/d out``: the vjp of the engine's layer through a zero probe on ``h``."""
+    b = _bias(config, keys, layer, g.shape[1])
+    zeros = jnp.zeros_like(dout)
+
+    def out_of_probe(probe_h):
+        return _prop._layer_forward(config, coords, g, b, probe_h, zeros)[2]
+
+    _, pull = jax.vjp(out_of_probe, zeros)
+    return pull(dout)[0]
+
+
+def _linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int) -> jax.Array:
+    """A sample of ``dL/dX = D W^T`` given the forward draw: ``D G^T V^T + (D W~^T)(I - V V^T)``."""
+    d = _row_basis(dh)
+    k_f = jax.random.fold_in(jax.random.fold_in(keys.weights, layer), _TAG_F)
+    f = _normal(k_f, (d.vt.shape[0], n_in), std, dh.dtype)
+    e = d.coords @ f  # (batch, n_in): exactly a sample of D W~^T
+    inside = (dh @ g.T) @ vt  # D (V G)^T: the part of W that H revealed
+    return inside + (e - (e @ vt.T) @ vt)
+
+
+def fast_seed_tensors(
+    config: NetworkConfig,
+    opts: Any,
+    seed_key: jax.Array,
+    inputs: jax.Array | None,
+):
+    """One seed's per-layer tensors ``(x_prev, h, y, out, dh, dx)``, sampled by the exact fast path.
+
+    The conventions are those of ``propagation._seed_tensors`` for one config: stacked
+    ``(layer, batch, units)`` arrays when ``config.uniform``, else lists of ``(batch, units)``
+    arrays; ``dh`` is ``dL/dh^l`` and ``dx`` is ``dL/dx^l`` (the layer's output). Inputs (drawn from
+    ``seed_key`` unless given), biases and the cotangent are the engine's own, from the same keys;
+    the weights enter only through the products ``X W`` and ``D W^T``, sampled from their exact
+    joint law (module docstring). Works under ``jax.jit`` and ``jax.vmap`` over ``seed_key``.
+
+    Args:
+      config: a network for which :func:`fast_applicable` returns None.
+      opts: the engine's ``propagation._Opts`` (only ``opts.cotangent`` is used here).
+      seed_key: this seed's PRNG key (``fold_in(base_key, seed)`` in the engine).
+      inputs: optional ``(batch, in_width)`` input; None draws it as the config says.
+
+    Returns:
+      ``(x_prev, h, y, out, dh, dx)``, ready for ``propagation._stats_of_layers``.
+
+    Raises:
+      ValueError: if the fast path does not apply to ``config``.
+    """
+    reason = fast_applicable(config)
+    if reason is not None:
+        raise ValueError(f"the fast path does not apply: {reason}")
+    keys = _prop._split_seed_key(seed_key)
+    dtype = config.jnp_dtype
+    x0 = _prop._draw_inputs(config, keys.inputs) if inputs is None else inputs.astype(dtype)
+    if config.uniform:
+        return _uniform_tensors(config, opts, keys, x0)
+    return _ragged_tensors(config, opts, keys, x0)
+
+
+def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
+    n, depth = config.widths[0], config.depth
+    shape = (n, n)
+    std = _layer_std(config, shape)
+    layers = jnp.arange(depth)
+
+    def forward(x, layer):
+        h, y, out, coords, vt, g = _forward_layer(config, keys, layer, x, shape)
+        return out, (h, y, out, coords, vt, g)
+
+    x_out, (h, y, out, coords, vt, g) = jax.lax.scan(forward, x0, layers)
+    cot = _prop._cotangent(config, opts.cotangent, x_out, keys.cotangent)
+
+    def backward(dout, inp):  # layers depth-1 .. 1: each also passes dL/dx^{l-1} down
+        layer, c, v, gg = inp
+        dh = _nonlinear_backward(config, keys, layer, c, gg, dout)
+        return _linear_backward(keys, layer, dh, v, gg, std, n), (dh, dout)
+
+    rest = (layers[1:], coords[1:], vt[1:], g[1:])
+    dx0, (dh_rest, dx_rest) = jax.lax.scan(backward, cot, rest, reverse=True)
+    dh0 = _nonlinear_backward(config, keys, 0, coords[0], g[0], dx0)  # dL/dx^0 is not needed
+    dh = jnp.concatenate([dh0[None], dh_rest], axis=0)
+    dx = jnp.concatenate([dx0[None], dx_rest], axis=0)
+    x_prev = jnp.concatenate([x0[None], out[:-1]], axis=0)
+    return x_prev, h, y, out, dh, dx
+
+
+def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
+    shapes = config.weight_shapes
+    x, hs, ys, outs, saved = x0, [], [], [], []
+    for layer, shape in enumerate(shapes):
+        h, y, x, coords, vt, g = _forward_layer(config, keys, layer, x, shape)
+        hs.append(h)
+        ys.append(y)
+        outs.append(x)
+        saved.append((coords, vt, g))
+    dout = _prop._cotangent(config, opts.cotangent, x, keys.cotangent)
+    dhs, dxs = [None] * len(shapes), [None] * len(shapes)
+    for layer in reversed(range(len(shapes))):
+        coords, vt, g = saved[layer]
+        dxs[layer] = dout
+        dhs[layer] = _nonlinear_backward(config, keys, layer, coords, g, dout)
+        if layer:
+            std = _layer_std(config, shapes[layer])
+            dout = _linear_backward(keys, layer, dhs[layer], vt, g, std, shapes[layer][0])
+    return [x0, *outs[:-1]], hs, ys, outs, dhs, dxs
+
+
+def fast_seed_stats(config: NetworkConfig, opts: Any, seed_key: jax.Array, inputs: jax.Array | None):
+    """:class:`~initjax.propagation.LayerStats` (axes ``(layer, ...)``) of one seed by the fast path:
+    ``propagation._stats_of_layers`` on :func:`fast_seed_tensors`."""
+    tensors = fast_seed_tensors(config, opts, seed_key, inputs)
+    return _prop._stats_of_layers(config.activation, opts, *tensors)
+
+
+def fast_estimate_memory(config: NetworkConfig) -> int:
+    """Estimated peak bytes of temporaries for one seed of the fast path (cf. ``estimate_memory``).
+
+    About eight ``(batch, width)`` tensors per layer kept for the statistics (as the engine), plus
+    per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), plus a few
+    ``(batch, width)`` work buffers of the SVDs and the backward projection.
+    """
+    itemsize = max(jnp.dtype(config.dtype).itemsize, 4)
+    b = config.batch
+    kept = 8 * b * sum(config.widths)
+    factors = 0
+    for n_in, n_out in config.weight_shapes:
+        k = min(b, n_in)
+        factors += k * n_in + k * n_out + b * k
+    work = 8 * b * max(config.widths) + 2 * b * b
+    return int((kept + factors + work) * itemsize)
+
+
+def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2) -> dict[str, float]:
+    """Seconds per seed, fast vs dense, for one jit-compiled seed (compile time excluded).
+
+    Prints and returns ``{"fast": s, "dense": s, "fast_compile": s, "dense_compile": s}``.
+    Run as ``python -m initjax.fastpath``.
+    """
+    import time
+
+    config = NetworkConfig(depth=depth, width=width, batch=batch, init="lecun_normal", activation="tanh")
+    opts = _prop._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
+    base = jax.random.key(0, impl="philox2x32")  # the engine's default PRNG
+    fast = jax.jit(lambda k: fast_seed_stats(config, opts, k, None))
+    dense = jax.jit(lambda k: _prop._seed_stats((config,), opts, k, None, False)[0])
+    result: dict[str, float] = {}
+    for name, fn in (("fast", fast), ("dense", dense)):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(jax.random.fold_in(base, 0)))
+        result[name + "_compile"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for s in range(1, repeats + 1):
+            jax.block_until_ready(fn(jax.random.fold_in(base, s)))
+        result[name] = (time.perf_counter() - t0) / repeats
+    print(
+        f"width {width}, depth {depth}, batch {batch} on {jax.default_backend()}: "
+        f"fast {result['fast']:.4f} s/seed, dense {result['dense']:.3f} s/seed "
+        f"(x{result['dense'] / result['fast']:.0f}); first call incl. compile: "
+        f"fast {result['fast_compile']:.2f} s, dense {result['dense_compile']:.2f} s"
+    )
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _demo()

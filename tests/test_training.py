@@ -1,0 +1,550 @@
+"""Tests of initjax.training: the vmapped multi-seed trainer, its records, checkpoints and plots.
+
+XLA compiles dominate the cost here, so the tests share a few small architectures, each compiled
+once: "A" (digits, 64-100-100-100-10 sigmoid MLP, momentum SGD, 4 seeds, 100-step intervals),
+"B" (A with batch norm, 2 seeds) and "C" (a 1-hidden-layer learnable-PReLU MLP, 2 seeds).
+Configs differing only in label, steps, probe sizes or record count reuse those compilations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from initjax import data, modules, training
+from initjax.training import TrainConfig
+
+# ----------------------------------------------------------------------------------------------
+# shared configs and runs
+# ----------------------------------------------------------------------------------------------
+
+SEEDS_A = 4
+# Ioffe & Szegedy's Figure 1 network (3 x 100 sigmoid, small Gaussian weights) on digits.
+CFG_A = TrainConfig(
+    label="sigmoid", widths=(100, 100, 100), activation="sigmoid",
+    kernel_init="normal:stddev=0.1", optimizer="momentum", learning_rate=0.1, momentum=0.9,
+    batch_size=60, steps=400, record_every=100, probe_size=200, train_eval_size=500,
+)
+CFG_B = dataclasses.replace(CFG_A, label="sigmoid+BN", norm="batch", steps=100,
+                            bn_convention="pytorch")
+CFG_C = TrainConfig(
+    label="prelu", widths=(16,), activation="prelu_learned", kernel_init="he_normal",
+    optimizer="sgd", learning_rate=0.1, batch_size=32, steps=300, record_every=100,
+    probe_size=64, train_eval_size=256,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.digits()
+
+
+@pytest.fixture(scope="module")
+def linear_task():
+    # Labels of a linear teacher: a PReLU net does best by becoming more linear (slope -> 1).
+    return data.teacher_student(0, 512, 256, 8, 2, hidden=())
+
+
+@pytest.fixture(scope="module")
+def run_a(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_a")
+    return training.compare(CFG_A, digits, seeds=SEEDS_A, key=0, out=out, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# learning on digits (measured: see the comment on the thresholds)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_sigmoid_mlp_learns_digits(run_a):
+    rec = run_a["sigmoid"]
+    assert rec.test_accuracy.shape == (SEEDS_A, 5)
+    np.testing.assert_array_equal(rec.step, [0, 100, 200, 300, 400])
+    # Measured (4 seeds, median test accuracy at steps 0/100/200/300/400):
+    # 0.10 / 0.43 / 0.86 / 0.92 / 0.94; every seed ends within 0.93-0.95. Chance is 0.10.
+    assert np.all(rec.test_accuracy[:, 0] < 0.25)
+    assert np.all(rec.test_accuracy[:, -1] > 0.85)
+    assert np.all(rec.train_accuracy[:, -1] > 0.85)
+    assert np.all(rec.train_loss[:, -1] < 0.5 * rec.train_loss[:, 0])
+    assert np.all(rec.diverged_step == -1)
+    assert rec.test_accuracy_batch_stats is None and rec.prelu_slope is None
+    for name, axes in training.RECORD_FIELDS.items():
+        v = getattr(rec, name)
+        if v is None:
+            continue
+        sizes = {"seed": SEEDS_A, "record": 5, "layer": 3, "percentile": 3}
+        assert v.shape == tuple(sizes[a] for a in axes), name
+    # Sigmoid outputs are in (0, 1) and its saturation counts y < 0.01 or y > 0.99.
+    assert np.all((rec.act_percentiles > 0) & (rec.act_percentiles < 1))
+    assert np.all((rec.saturated >= 0) & (rec.saturated <= 1))
+    assert np.all(rec.dead_fraction == 0)  # sigmoid is never exactly 0
+    assert np.all(rec.grad_norm > 0) and np.all(np.isfinite(rec.readout_grad_norm))
+    np.testing.assert_allclose(rec.learning_rate, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# vmapped seeds == seeds trained one by one (a hand-written optax loop)
+# ----------------------------------------------------------------------------------------------
+
+
+def _hand_trained(ds, seed, key, steps, lr, momentum):
+    """The digits MLP of CFG_A trained alone with optax, from modules and data only."""
+    model = modules.MLP(64, (100, 100, 100), 10, activation="sigmoid",
+                        kernel_init="normal:stddev=0.1",
+                        rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(key), seed)))
+    graphdef, params = nnx.split(model)
+    tx = optax.sgd(lr, momentum=momentum)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss(p):
+            logits = nnx.merge(graphdef, p)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    losses = []
+    stream = data.batches(ds.x_train, ds.y_train, 60, seed=key)  # same_batches: seed = key
+    for xb, yb in itertools.islice(stream, steps):
+        params, opt_state, value = step(params, opt_state, jnp.asarray(xb), jnp.asarray(yb))
+        losses.append(float(value))
+    return params, np.asarray(losses)
+
+
+def test_vmapped_seeds_equal_seeds_trained_alone(digits):
+    cfg = dataclasses.replace(CFG_A, steps=100)
+    result = training.compare(cfg, digits, seeds=SEEDS_A, key=0, progress=False)
+    rec = result[0]
+    for seed in (0, SEEDS_A - 1):
+        params, losses = _hand_trained(digits, seed, 0, 100, 0.1, 0.9)
+        np.testing.assert_allclose(rec.train_loss[seed, 1], losses.mean(), rtol=1e-5)
+        member = modules.ensemble_member(result.final_models[0], seed)
+        mine = nnx.state(member, nnx.Param)
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_path_equals_vmapped(linear_task):
+    cfg = dataclasses.replace(CFG_C, steps=100)
+    vec = training.compare(cfg, linear_task, seeds=2, key=3, progress=False)
+    seq = training.compare(cfg, linear_task, seeds=2, key=3, progress=False, sequential=True)
+    np.testing.assert_allclose(seq[0].train_loss, vec[0].train_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(nnx.state(seq.final_models[0])),
+                    jax.tree.leaves(nnx.state(vec.final_models[0])), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# one SGD step by hand; PReLU slopes learn
+# ----------------------------------------------------------------------------------------------
+
+
+def test_sgd_step_equals_hand_computation(linear_task):
+    lr = 0.1
+    cfg = dataclasses.replace(CFG_C, steps=1, record_every=1, learning_rate=lr)
+    result = training.compare(cfg, linear_task, seeds=2, key=5, progress=False)
+    xb, yb = next(data.batches(linear_task.x_train, linear_task.y_train, 32, seed=5))
+    for seed in range(2):
+        m0 = modules.MLP(8, (16,), 2, activation="prelu_learned", kernel_init="he_normal",
+                         rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(5), seed)))
+        p0 = {"w1": m0.layers[0].kernel[...], "b1": m0.layers[0].bias[...],
+              "a": m0.prelus[0].slope[...], "w2": m0.readout.kernel[...],
+              "b2": m0.readout.bias[...]}
+
+        def loss(p, x=xb, y=yb):
+            z = x @ p["w1"] + p["b1"][None, :]
+            h = jnp.where(z >= 0, z, p["a"][None, :] * z)
+            logits = h @ p["w2"] + p["b2"][None, :]
+            return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[jnp.arange(len(y)), y])
+
+        # The hand-written loss against plain numpy (float64).
+        q = {k: np.asarray(v, np.float64) for k, v in p0.items()}
+        z = xb @ q["w1"] + q["b1"]
+        logits = np.where(z >= 0, z, q["a"] * z) @ q["w2"] + q["b2"]
+        lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+        np_loss = np.mean(lse - logits[np.arange(len(yb)), yb])
+        np.testing.assert_allclose(float(loss(p0)), np_loss, rtol=1e-5)
+
+        grads = jax.grad(loss)(p0)
+        member = modules.ensemble_member(result.final_models[0], seed)
+        got = {"w1": member.layers[0].kernel[...], "b1": member.layers[0].bias[...],
+               "a": member.prelus[0].slope[...], "w2": member.readout.kernel[...],
+               "b2": member.readout.bias[...]}
+        for k in p0:
+            np.testing.assert_allclose(got[k], p0[k] - lr * grads[k], rtol=1e-5, atol=1e-7)
+        # The loss of the single update (record 1) is the loss of the initial parameters.
+        np.testing.assert_allclose(result[0].train_loss[seed, 1], np_loss, rtol=1e-5)
+
+
+def test_prelu_slope_is_learned(linear_task):
+    rec = training.compare(CFG_C, linear_task, seeds=2, key=0, progress=False)[0]
+    assert rec.prelu_slope.shape == (2, 4, 1)
+    np.testing.assert_allclose(rec.prelu_slope[:, 0], 0.25)
+    # Measured (seeds 0/1): mean slope 0.25 -> 0.41 / 0.45 after 300 steps; loss 0.60 -> 0.16.
+    assert np.all(rec.prelu_slope[:, -1, 0] > 0.32)
+    assert np.all(rec.train_loss[:, -1] < 0.6 * rec.train_loss[:, 0])
+    assert np.all(rec.test_accuracy[:, -1] > 0.85)
+
+
+# ----------------------------------------------------------------------------------------------
+# batch norm: running averages vs batch statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def _numpy_bn_mlp(member, x, stats):
+    """Forward pass of a Linear -> BN -> sigmoid MLP in numpy, with the running averages
+    (``stats="running"``) or each batch's own biased statistics (``"batch"``)."""
+    h = np.asarray(x, np.float64)
+    for layer, bn in zip(member.layers, member.norms, strict=True):
+        z = h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64)
+        if stats == "running":
+            mean, var = np.asarray(bn.mean[...], np.float64), np.asarray(bn.var[...], np.float64)
+        else:
+            mean, var = z.mean(0), z.var(0)
+        n = (z - mean) / np.sqrt(var + bn.epsilon)
+        n = n * np.asarray(bn.scale[...], np.float64) + np.asarray(bn.bias[...], np.float64)
+        h = 1.0 / (1.0 + np.exp(-n))
+    return h @ np.asarray(member.readout.kernel[...], np.float64) + np.asarray(
+        member.readout.bias[...], np.float64)
+
+
+def test_batchnorm_eval_uses_running_averages(digits):
+    result = training.compare(CFG_B, digits, seeds=2, key=0, progress=False)
+    rec = result[0]
+    assert rec.test_accuracy_batch_stats.shape == (2, 2)
+    assert np.all(rec.test_accuracy[:, -1] > 0.5)
+    m = len(digits.y_test) // 60 * 60  # batch statistics: test batches of 60, remainder dropped
+    for seed in range(2):
+        final = modules.ensemble_member(result.final_models[0], seed)
+        # The pytorch convention: momentum 0.1 of each new batch, unbiased running variance.
+        assert final.norms[0].momentum == 0.1 and final.norms[0].running_var == "unbiased"
+        # 100 updates moved the running averages away from their start (mean 0, var 1).
+        assert np.abs(np.asarray(final.norms[0].var[...]) - 1.0).max() > 0.1
+        initial = modules.MLP(64, (100, 100, 100), 10, activation="sigmoid",
+                              kernel_init="normal:stddev=0.1", norm="batch",
+                              batchnorm_kwargs={"momentum": 0.1, "momentum_convention": "pytorch",
+                                                "running_var": "unbiased"},
+                              rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(0), seed)))
+        for record, member in ((0, initial), (1, final)):
+            # Eval mode: the numpy forward pass with the stored running averages.
+            logits = _numpy_bn_mlp(member, digits.x_test, "running")
+            acc = np.mean(logits.argmax(1) == digits.y_test)
+            np.testing.assert_allclose(rec.test_accuracy[seed, record], acc,
+                                       atol=1.5 / len(digits.y_test))
+            correct = [
+                _numpy_bn_mlp(member, digits.x_test[i : i + 60], "batch").argmax(1)
+                == digits.y_test[i : i + 60]
+                for i in range(0, m, 60)
+            ]
+            np.testing.assert_allclose(rec.test_accuracy_batch_stats[seed, record],
+                                       np.mean(np.concatenate(correct)), atol=1.5 / m)
+
+
+# ----------------------------------------------------------------------------------------------
+# divergence
+# ----------------------------------------------------------------------------------------------
+
+
+def test_huge_learning_rate_diverges_without_raising(digits, run_a):
+    boom = dataclasses.replace(CFG_A, label="boom", learning_rate=1e36, steps=100)
+    fine = dataclasses.replace(CFG_A, label="fine", steps=100)
+    result = training.compare([boom, fine], digits, seeds=SEEDS_A, key=0, progress=False)
+    bad, good = result["boom"], result["fine"]
+    assert np.all(bad.diverged_step >= 1) and np.all(bad.diverged_step <= 100)
+    np.testing.assert_array_equal(result.diverged, [[True] * SEEDS_A, [False] * SEEDS_A])
+    np.testing.assert_array_equal(result.diverged_step[0], bad.diverged_step)
+    # Measured: the loss is non-finite from update 3 on, for every seed (at lr = 1e30 it stays
+    # finite, ~1e31: sigmoid saturates, so that is not divergence).
+    # Step 0 is recorded before any update: finite; the record after divergence is NaN.
+    assert np.all(np.isfinite(bad.test_accuracy[:, 0])) and np.all(np.isnan(bad.test_accuracy[:, 1]))
+    assert np.all(np.isnan(bad.act_percentiles[:, 1])) and np.all(np.isnan(bad.train_loss[:, 1]))
+    # The other config is untouched: the same numbers as the first 100 steps of run A.
+    np.testing.assert_array_equal(good.test_accuracy, run_a[0].test_accuracy[:, :2])
+    np.testing.assert_array_equal(good.train_loss, run_a[0].train_loss[:, :2])
+    # Plots skip and mark the non-finite records.
+    ax = training.plot_curves(result, "test_accuracy")
+    assert any(line.get_marker() == "x" for line in ax.get_lines())
+    assert any("non-finite in 4 of 4 seeds" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints and resume
+# ----------------------------------------------------------------------------------------------
+
+
+def _assert_same_records(a, b):
+    for name in training.Record._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_resume_equals_uninterrupted_run(digits, run_a, tmp_path):
+    short = dataclasses.replace(CFG_A, label="short", steps=200)
+    configs = [short, CFG_A]
+    # Interrupted after 3 intervals: "short" is finished (2), CFG_A has done 1 of 4.
+    with pytest.raises(training._Interrupted):
+        training.compare(configs, digits, seeds=SEEDS_A, key=0, out=tmp_path, progress=False,
+                         _stop_after=3)
+    index = json.loads((tmp_path / "compare.json").read_text())
+    dirs = [tmp_path / r["dir"] for r in index["runs"]]
+    status = [json.loads((d / "status.json").read_text()) for d in dirs]
+    assert [s["status"] for s in status] == ["done", "incomplete"]
+    assert [s["step"] for s in status] == [200, 100]
+    done_ckpt = dirs[0] / "checkpoint.npz"
+    stamp = done_ckpt.stat().st_mtime_ns
+
+    result = training.compare(configs, digits, seeds=SEEDS_A, key=0, out=tmp_path,
+                              progress=False)
+    assert done_ckpt.stat().st_mtime_ns == stamp  # the finished config was not retrained
+    _assert_same_records(result["sigmoid"], run_a["sigmoid"])
+    full = run_a["sigmoid"]
+    np.testing.assert_array_equal(result["short"].test_accuracy, full.test_accuracy[:, :3])
+    for a, b in zip(jax.tree.leaves(nnx.state(result.final_models[1])),
+                    jax.tree.leaves(nnx.state(run_a.final_models[0])), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((dirs[1] / "status.json").read_text())["status"] == "done"
+    assert (dirs[1] / "records.npz").exists()
+
+    # A third call finds everything finished: nothing retrained, the same numbers.
+    stamps = [(d / "checkpoint.npz").stat().st_mtime_ns for d in dirs]
+    again = training.compare(configs, digits, seeds=SEEDS_A, key=0, out=tmp_path,
+                             progress=False)
+    assert [(d / "checkpoint.npz").stat().st_mtime_ns for d in dirs] == stamps
+    _assert_same_records(again["sigmoid"], result["sigmoid"])
+
+
+def test_checkpoint_holds_config_and_records(run_a):
+    (run_dir,) = [p for p in run_a.out.iterdir() if p.is_dir()]
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert TrainConfig.from_dict(stored["config"]) == CFG_A
+    assert stored["seeds"] == SEEDS_A and stored["key"] == 0
+    with np.load(run_dir / "records.npz") as z:
+        np.testing.assert_array_equal(z["test_accuracy"], run_a[0].test_accuracy)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+
+
+# ----------------------------------------------------------------------------------------------
+# recorded statistics recomputed independently
+# ----------------------------------------------------------------------------------------------
+
+
+def test_percentiles_and_layer_stats_match_numpy(digits, run_a):
+    rec = run_a[0]
+    probe = digits.x_train[run_a.probe_index[: CFG_A.probe_size]]
+    for record, seed in ((0, 0), (-1, 0), (-1, SEEDS_A - 1)):
+        if record == 0:  # the initial model, built here from modules alone
+            model = modules.MLP(64, (100, 100, 100), 10, activation="sigmoid",
+                                kernel_init="normal:stddev=0.1",
+                                rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(0), seed)))
+        else:
+            model = modules.ensemble_member(run_a.final_models[0], seed)
+        _, inter = model.forward_with_intermediates(jnp.asarray(probe))
+        for layer in range(3):
+            act = np.asarray(inter["act"][layer])
+            pre = np.asarray(inter["preact"][layer])
+            np.testing.assert_allclose(rec.act_percentiles[seed, record, layer],
+                                       np.percentile(act, [15, 50, 85]), rtol=1e-5)
+            np.testing.assert_allclose(rec.input_percentiles[seed, record, layer],
+                                       np.percentile(pre, [15, 50, 85]), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(rec.act_mean[seed, record, layer], act.mean(), rtol=1e-5)
+            np.testing.assert_allclose(rec.act_std[seed, record, layer], act.std(), rtol=1e-4)
+            np.testing.assert_allclose(rec.saturated[seed, record, layer],
+                                       np.mean((act <= 0.01) | (act >= 0.99)), atol=1e-7)
+
+
+def test_percentile_selection_is_exact():
+    rng = np.random.default_rng(0)
+    q = (0.0, 15.0, 50.0, 85.0, 100.0)
+    # Ties, exact zeros (ReLU-like), tiny negatives (sign handling of the bit mapping), n = 1.
+    cases = [rng.integers(-3, 4, 210).astype(np.float64),
+             np.maximum(rng.standard_normal((7, 30)), 0.0),
+             -np.abs(rng.standard_normal(210)) * 1e-30 + np.repeat([0.0, 1.0], 105),
+             rng.standard_normal(1001), np.array([2.5])]
+    for x in cases:
+        x = x.astype(np.float32)
+        got = np.asarray(jax.jit(lambda a: training._percentiles(a, q))(x))
+        np.testing.assert_allclose(got, np.percentile(x, q), rtol=1e-6, atol=1e-37)
+    assert np.all(np.isnan(training._percentiles(jnp.array([1.0, np.nan, 0.0]), q)))
+
+
+# ----------------------------------------------------------------------------------------------
+# progress bar and plots
+# ----------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_only_when_asked(digits, capsys):
+    cfg = dataclasses.replace(CFG_A, steps=100)
+    training.compare(cfg, digits, seeds=SEEDS_A, key=0, progress=False)
+    assert capsys.readouterr().err == ""
+    training.compare(cfg, digits, seeds=SEEDS_A, key=0, progress=True)
+    assert "100/100" in capsys.readouterr().err
+    training.compare(cfg, digits, seeds=SEEDS_A, key=0)  # None: pytest's stderr is no terminal
+    assert capsys.readouterr().err == ""
+
+
+def test_plots(run_a):
+    from matplotlib.figure import Figure
+
+    ax = training.plot_curves(run_a, "test_accuracy")
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "sigmoid"]
+    np.testing.assert_allclose(line.get_ydata(), np.median(run_a[0].test_accuracy, axis=0))
+    assert isinstance(ax.figure, Figure)
+    ax = training.plot_curves(run_a, "grad_norm", layer=-1)
+    ax = training.plot_percentiles(run_a, -1)
+    medians = np.median(run_a[0].input_percentiles[:, :, -1, :], axis=0)
+    ys = [ln.get_ydata() for ln in ax.get_lines()]
+    assert len(ys) == 3
+    for k in range(3):
+        np.testing.assert_allclose(ys[k], medians[:, k])
+    with pytest.raises(ValueError, match="layer"):
+        training.plot_curves(run_a, "grad_norm")
+    with pytest.raises(ValueError, match="field must be one of"):
+        training.plot_curves(run_a, "nope")
+    with pytest.raises(ValueError, match="out of range"):
+        training.plot_percentiles(run_a, 3)
+    with pytest.raises(KeyError, match="labels are"):
+        training.plot_curves(run_a, configs="nope")
+
+
+# ----------------------------------------------------------------------------------------------
+# configs and errors
+# ----------------------------------------------------------------------------------------------
+
+
+def test_config_json_round_trip_and_hashable():
+    cfgs = [CFG_A, CFG_B, CFG_C,
+            TrainConfig(model="cnn", widths=(8, 8), downsample_at=(1,), norm="batch",
+                        optimizer="adam", schedule="warmup_cosine", warmup_steps=10,
+                        bn_momentum=0.9),
+            TrainConfig(schedule="step", decay_every=100, decay_rate=0.5)]
+    for cfg in cfgs:
+        assert TrainConfig.from_json(cfg.to_json()) == cfg
+        assert hash(TrainConfig.from_dict(json.loads(cfg.to_json()))) == hash(cfg)
+    assert TrainConfig(widths=[5, 6]).widths == (5, 6)
+
+
+def test_schedules_and_optimizers():
+    step = TrainConfig(learning_rate=1.0, schedule="step", decay_every=10, decay_rate=0.5)
+    sched = step.make_schedule()
+    assert [float(sched(t)) for t in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    expo = dataclasses.replace(step, schedule="exponential").make_schedule()
+    np.testing.assert_allclose(float(expo(5)), 0.5**0.5, rtol=1e-6)
+    cos = TrainConfig(learning_rate=2.0, schedule="cosine", steps=100).make_schedule()
+    np.testing.assert_allclose([float(cos(t)) for t in (0, 50, 100)], [2.0, 1.0, 0.0], atol=1e-6)
+    warm = TrainConfig(learning_rate=1.0, schedule="warmup_cosine", warmup_steps=10,
+                       steps=110).make_schedule()
+    np.testing.assert_allclose([float(warm(t)) for t in (0, 5, 10, 60, 110)],
+                               [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+    # Momentum SGD by hand: v <- 0.9 v + g, p <- p - lr v.
+    tx = TrainConfig(optimizer="momentum", learning_rate=0.5, momentum=0.9).make_optimizer()
+    p, s = jnp.array([1.0]), None
+    s = tx.init(p)
+    u1, s = tx.update(jnp.array([2.0]), s, p)
+    u2, s = tx.update(jnp.array([2.0]), s, p)
+    np.testing.assert_allclose([float(u1[0]), float(u2[0])], [-1.0, -0.5 * 3.8], rtol=1e-6)
+    np.testing.assert_array_equal(TrainConfig(steps=250, record_every=100).record_steps,
+                                  [0, 100, 200, 250])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"optimizer": "rmsprop"}, ValueError, "'sgd', 'momentum', 'nesterov', 'adam'"),
+        ({"schedule": "linear"}, ValueError, "schedule must be one of"),
+        ({"steps": 0}, ValueError, "steps must be >= 1"),
+        ({"record_every": 0}, ValueError, "record_every must be >= 1"),
+        ({"steps": 10, "record_every": 11}, ValueError, "record_every must be <= steps=10"),
+        ({"learning_rate": 0.0}, ValueError, "learning_rate must be > 0"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate must be finite"),
+        ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\)"),
+        ({"widths": ()}, ValueError, "widths must not be empty"),
+        ({"widths": (10, 0)}, ValueError, r"widths\[1\] must be >= 1"),
+        ({"widths": 10}, TypeError, "widths must be a sequence"),
+        ({"activation": "swoosh"}, ValueError, "prelu_learned"),
+        ({"activation": "prelu_learned:slope=2"}, ValueError, "init_slope"),
+        ({"kernel_init": "nope"}, ValueError, "nope"),
+        ({"kernel_init": jnp.zeros}, TypeError, "registry spec string"),
+        ({"norm": "group"}, ValueError, "norm"),
+        ({"model": "cnn", "norm": "layer"}, ValueError, "norm"),
+        ({"model": "resnet"}, ValueError, "model must be one of 'mlp', 'cnn'"),
+        ({"downsample_at": (0,)}, ValueError, "needs model='cnn'"),
+        ({"norm": "batch", "batch_size": 1}, ValueError, "batch_size >= 2"),
+        ({"bn_momentum": 0.9}, ValueError, "need norm='batch'"),
+        ({"norm": "batch", "bn_momentum": 1.5}, ValueError, r"bn_momentum must be in \(0, 1\)"),
+        ({"bn_convention": "keras"}, ValueError, "'flax', 'pytorch'"),
+        ({"schedule": "step"}, ValueError, "needs decay_every"),
+        ({"decay_every": 10}, ValueError, "needs schedule 'step' or 'exponential'"),
+        ({"warmup_steps": 5}, ValueError, "needs schedule='warmup_cosine'"),
+        ({"schedule": "warmup_cosine", "warmup_steps": 10, "steps": 10}, ValueError, "< steps"),
+        ({"same_batches": 1}, TypeError, "same_batches"),
+        ({"label": 3}, TypeError, "label"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+    ],
+)
+def test_config_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"lr": 0.1})
+
+
+def test_compare_argument_errors(digits, tmp_path):
+    cfg = dataclasses.replace(CFG_A, steps=100)
+    bad_calls = [
+        (dict(configs=cfg, seeds=0), ValueError, "seeds must be >= 1"),
+        (dict(configs=cfg, seeds=2.0), TypeError, "seeds must be an integer"),
+        (dict(configs=cfg, key=-1), ValueError, "key must be >= 0"),
+        (dict(configs=[]), TypeError, "non-empty sequence"),
+        (dict(configs=["sgd"]), TypeError, r"configs\[0\] must be a TrainConfig"),
+        (dict(configs=[cfg, cfg]), ValueError, "duplicates"),
+        (dict(configs=dataclasses.replace(cfg, batch_size=5000)), ValueError,
+         "batch_size=5000 exceeds the training set size 1438"),
+        (dict(configs=dataclasses.replace(cfg, model="cnn")), ValueError, "NHWC"),
+        (dict(configs=cfg, progress="yes"), TypeError, "progress"),
+        (dict(configs=cfg, resume=1), TypeError, "resume"),
+        (dict(configs=cfg, out=3), TypeError, "out must be a directory"),
+    ]
+    for kwargs, error, match in bad_calls:
+        with pytest.raises(error, match=match):
+            training.compare(data=digits, **kwargs)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        training.compare(cfg, digits, out=tmp_path / "file")
+
+    d = digits
+    bad_data = [
+        (d._replace(y_train=d.y_train.astype(np.float32)), ValueError, "integer class labels"),
+        (d._replace(y_train=d.y_train[:-1]), ValueError, r"shape \(1438,\)"),
+        (d._replace(x_test=d.x_test[:, :10]), ValueError, "x_train examples have shape"),
+        (d._replace(x_train=d.x_train[:, 0]), ValueError, r"\(n, features\)"),
+        (d._replace(y_test=d.y_test + 10), ValueError, r"labels outside \[0, 10\)"),
+        (d._replace(x_train=np.where(d.x_train > 3, np.nan, d.x_train)), ValueError, "non-finite"),
+        ((d.x_train, d.y_train), TypeError, "Dataset"),
+    ]
+    for ds, error, match in bad_data:
+        with pytest.raises(error, match=match):
+            training.compare(cfg, ds)
+
+
+def test_public_api():
+    for name in training.__all__:
+        assert hasattr(training, name), name
+    assert training.PERCENTILES == (15.0, 50.0, 85.0)
+    assert set(training.RECORD_FIELDS) == set(training.Record._fields)
