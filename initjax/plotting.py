@@ -246,8 +246,7 @@ def phase_diagram(
     else:
         norm = colors.LogNorm() if log else None
         cmap = "viridis"
-    cmap_obj = _cmap(cmap)
-    cmap_obj.set_bad("0.8")
+    cmap_obj = _cmap(cmap).with_extremes(bad="0.8")
     mesh = ax.pcolormesh(sigma_w2, sigma_b2, masked, shading="nearest", cmap=cmap_obj, norm=norm)
     n_bad = int((~finite).sum())
     ax.figure.colorbar(mesh, ax=ax, label=label + (f" ({n_bad} non-finite cells grey)" if n_bad else ""))
@@ -261,8 +260,9 @@ def phase_diagram(
     return ax
 
 
+
 def _cmap(name: str):
-    """A copy of a registered colour map (safe to modify)."""
+    """A registered colour map by name."""
     import matplotlib
 
-    return matplotlib.colormaps[name].copy()
+    return matplotlib.colormaps[name]

@@ -633,7 +633,7 @@ class _Fns(NamedTuple):
     run: Callable[..., Any]  # vmapped scan of record_every steps, seeds share the batches
     run_per_seed: Callable[..., Any]  # same, each seed with its own batch indices
     measure: Callable[..., Any]  # vmapped record measurement
-    step: Callable[..., Any]  # one unbatched, unjitted step (debugging and tests)
+    step: Callable[..., Any]  # one unbatched step of one seed, jitted (the sequential path)
 
 
 # Fields that define the network (and so the measurement); the rest define the training.
@@ -750,17 +750,21 @@ def _train_fns(model_key: tuple, train_key: tuple, in_shape: tuple[int, ...],
         updates, new_opt = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_rest, new_opt, loss
 
+    def checked_step(carry, t, x_train, y_train, rows):
+        """Update ``t`` (1-based) on the rows ``rows`` of the training set; ``carry`` is
+        ``(params, rest, opt_state, bad)`` with ``bad`` the first non-finite update or -1."""
+        params, rest, opt_state, bad = carry
+        params, rest, opt_state, loss = step(params, rest, opt_state, x_train[rows],
+                                             y_train[rows])
+        finite = jnp.isfinite(loss) & _all_finite(params)
+        bad = jnp.where((bad < 0) & ~finite, t, bad)
+        return (params, rest, opt_state, bad), loss
+
     def run_one(params, rest, opt_state, bad, x_train, y_train, t, idx):
         """``len(t)`` updates; ``idx`` (k, batch) rows of the training set, ``t`` (k,) 1-based."""
 
         def body(carry, inp):
-            params, rest, opt_state, bad = carry
-            ti, ii = inp
-            params, rest, opt_state, loss = step(params, rest, opt_state, x_train[ii],
-                                                 y_train[ii])
-            finite = jnp.isfinite(loss) & _all_finite(params)
-            bad = jnp.where((bad < 0) & ~finite, ti, bad)
-            return (params, rest, opt_state, bad), loss
+            return checked_step(carry, inp[0], x_train, y_train, inp[1])
 
         carry, losses = jax.lax.scan(body, (params, rest, opt_state, bad), (t, idx))
         return carry, jnp.mean(losses)
@@ -778,7 +782,7 @@ def _train_fns(model_key: tuple, train_key: tuple, in_shape: tuple[int, ...],
         run=_jit("run", jax.vmap(run_one, in_axes=shared)),
         run_per_seed=_jit("run", jax.vmap(run_one, in_axes=shared[:-1] + (0,))),
         measure=mf.measure,
-        step=step,
+        step=jax.jit(checked_step),
     )
 
 
@@ -1110,24 +1114,18 @@ def _run_interval(fns: _Fns, st: _RunState, x, y, t, idx, same: bool, sequential
             return fns.run(st.params, st.rest, st.opt_state, st.bad, x, y, t, jnp.asarray(idx[0]))
         return fns.run_per_seed(st.params, st.rest, st.opt_state, st.bad, x, y, t,
                                 jnp.asarray(idx))
-    # One seed at a time through the unbatched step function (the debugging path).
-    step = jax.jit(fns.step)
-    n = st.bad.shape[0]
+    # One seed at a time through the unbatched step function (the debugging path; wrap the call
+    # in jax.disable_jit() to step through it op by op).
     carries, losses = [], []
-    for s in range(n):
-        params, rest, opt_state = jax.tree.map(lambda a, s=s: a[s], st.tree())
-        bad = st.bad[s]
+    for s in range(st.bad.shape[0]):
+        carry = jax.tree.map(lambda a, s=s: a[s], (*st.tree(), st.bad))
         ls = []
         for j in range(len(t)):
-            ii = idx[0 if same else s][j]
-            params, rest, opt_state, loss = step(params, rest, opt_state, x[ii], y[ii])
-            finite = jnp.isfinite(loss) & _all_finite(params)
-            bad = jnp.where((bad < 0) & ~finite, t[j], bad)
+            carry, loss = fns.step(carry, t[j], x, y, jnp.asarray(idx[0 if same else s][j]))
             ls.append(loss)
-        carries.append((params, rest, opt_state, bad))
+        carries.append(carry)
         losses.append(jnp.mean(jnp.stack(ls)))
-    stack = jax.tree.map(lambda *a: jnp.stack(a), *carries)
-    return stack, jnp.stack(losses)
+    return jax.tree.map(lambda *a: jnp.stack(a), *carries), jnp.stack(losses)
 
 
 def _checkpoint(rdir: Path, cfg: TrainConfig, st: _RunState) -> None:

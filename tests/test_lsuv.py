@@ -20,7 +20,7 @@ def _preact_vars(net, x):
     out, inter = net.forward_with_intermediates(x)
     vs = [np.var(np.asarray(h, np.float64)) for h in inter["preact"]]
     if getattr(net, "readout", None) is not None or getattr(net, "classifier", None) is not None:
-        vs.append(np.var(np.asarray(out, np.float64)))  # the readout's output is its "pre-activation"
+        vs.append(np.var(np.asarray(out, np.float64)))  # the readout's output: its "pre-activation"
     return np.array(vs)
 
 
@@ -31,7 +31,8 @@ def _flat_kernel(module):
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_deep_mlp_with_tiny_init_collapses_and_lsuv_restores_unit_variance(act):
-    net = MLP(WIDTH, (WIDTH,) * 10, activation=act, kernel_init="normal:stddev=0.01", rngs=nnx.Rngs(0))
+    net = MLP(WIDTH, (WIDTH,) * 10, activation=act, kernel_init="normal:stddev=0.01",
+              rngs=nnx.Rngs(0))
     assert _preact_vars(net, X)[-1] < 1e-12  # N(0, 0.01^2): each layer multiplies Var by ~0.0032
     same, report = lsuv(net, X, orthogonal=False)
     assert same is net  # updated in place
@@ -81,7 +82,8 @@ def test_generic_model_and_key_reproducibility():
 
 def test_non_convergence_is_recorded_not_raised():
     # biases with std 3 put Var[h] >= ~9 whatever the kernel scale: LSUV cannot reach 1
-    net = MLP(WIDTH, (WIDTH, WIDTH), activation="tanh", bias_init="normal:stddev=3.0", rngs=nnx.Rngs(0))
+    net = MLP(WIDTH, (WIDTH, WIDTH), activation="tanh", bias_init="normal:stddev=3.0",
+              rngs=nnx.Rngs(0))
     _, report = lsuv(net, X, max_iter=1)
     assert isinstance(report, LSUVReport)
     assert not report.all_converged and not report.converged[0]
@@ -108,7 +110,8 @@ class _NoLayers(nnx.Module):
         (None, {"max_iter": 2.5}, TypeError, "max_iter must be an integer"),
         (None, {"orthogonal": "yes"}, TypeError, "orthogonal must be True or False"),
         (None, {"key": "k"}, TypeError, "key must be"),
-        (None, {"x": jnp.ones((BATCH, 3))}, ValueError, r"x has shape \(8, 3\); MLP expects \(batch, 32\)"),
+        (None, {"x": jnp.ones((BATCH, 3))}, ValueError,
+         r"x has shape \(8, 3\); MLP expects \(batch, 32\)"),
         (_NoLayers(), {}, ValueError, "_NoLayers has no probe-able layers"),
         ("ensemble", {}, ValueError, "stacked ensemble of 2 members"),
     ],

@@ -52,7 +52,9 @@ def engine():
         for a in ("tanh", "relu")
     ]
     results = propagate_shared(configs, seeds=1)
-    return {c.activation.name: (c, r, trace(c, seed=0)) for c, r in zip(configs, results, strict=True)}
+    return {
+        c.activation.name: (c, r, trace(c, seed=0)) for c, r in zip(configs, results, strict=True)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,8 @@ def test_generic_nnx_model_and_linen_match_the_mlp(tanh_mlp, engine):
                 x = jnp.tanh(nn.Dense(WIDTH)(x))
             return x
 
-    variables = {"params": {f"Dense_{i}": {"kernel": w, "bias": b} for i, (w, b) in enumerate(zip(t["w"], t["b"]))}}
+    layers = enumerate(zip(t["w"], t["b"], strict=True))
+    variables = {"params": {f"Dense_{i}": {"kernel": w, "bias": b} for i, (w, b) in layers}}
     lin = probe_linen(LinenMLP().apply, variables, x, cotangent=cot)
     assert lin.layer_names == ("Dense_0", "Dense_1", "Dense_2") and lin.model_name == "LinenMLP"
     _assert_same_stats(lin.stats, ref.stats)
@@ -132,7 +135,8 @@ def test_cotangent_forms_agree(tanh_mlp):
 
 
 def test_ensemble_has_a_seed_axis_and_members_match_solo_probes():
-    ens = create_ensemble(functools.partial(MLP, WIDTH, (WIDTH,) * DEPTH, activation="tanh"), [0, 1])
+    make = functools.partial(MLP, WIDTH, (WIDTH,) * DEPTH, activation="tanh")
+    ens = create_ensemble(make, [0, 1])
     x = _x()
     res = probe(ens, x, key=7)
     assert res.stats.act_var.shape == (2, DEPTH) and res.stats.act_hist.shape == (2, DEPTH, 40)
@@ -168,9 +172,10 @@ def test_plain_cnn_flattened_statistics_and_conv_weight_gradients():
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(cot * m(x))))(cnn)
     for layer in range(2):
         g = np.asarray(grads["layers"][layer]["kernel"][...], np.float64)
-        np.testing.assert_allclose(res.stats.weight_grad_mean[0, layer], g.mean(), rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(res.stats.weight_grad_var[0, layer], g.var(), rtol=1e-4)
-        np.testing.assert_allclose(res.stats.weight_grad_norm[0, layer], np.sqrt((g**2).sum()), rtol=1e-5)
+        st = res.stats
+        np.testing.assert_allclose(st.weight_grad_mean[0, layer], g.mean(), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(st.weight_grad_var[0, layer], g.var(), rtol=1e-4)
+        np.testing.assert_allclose(st.weight_grad_norm[0, layer], np.sqrt((g**2).sum()), rtol=1e-5)
     # dL/d(last hidden): mean pooling then the classifier, by hand
     w_cls = np.asarray(cnn.classifier.kernel[...])
     d_hidden = np.broadcast_to((np.asarray(cot) @ w_cls.T)[:, None, None, :] / 64.0, (2, 8, 8, 8))
@@ -212,7 +217,8 @@ def test_norm_after_residual_and_batch_norm_modes():
                 res.stats.out_second_moment[0, i], np.mean(np.square(inter["hidden"][i])), rtol=1e-5
             )
     # eval mode normalizes with the running averages (mean 0, var 1): the +3 shift survives
-    assert not np.allclose(train.stats.out_second_moment, evaluated.stats.out_second_moment, rtol=0.1)
+    moments = train.stats.out_second_moment, evaluated.stats.out_second_moment
+    assert not np.allclose(*moments, rtol=0.1)
 
 
 def test_find_layers_and_plots(tanh_mlp):
@@ -245,10 +251,12 @@ class _TupleOut(nnx.Module):
     "make, kwargs, err, match",
     [
         (lambda m: _NoLayers(), {}, ValueError, r"_NoLayers has no probe-able layers.*supports"),
-        (lambda m: m, {"x": jnp.ones((BATCH, 7))}, ValueError, r"x has shape \(8, 7\); MLP expects \(batch, 32\)"),
+        (lambda m: m, {"x": jnp.ones((BATCH, 7))}, ValueError,
+         r"x has shape \(8, 7\); MLP expects \(batch, 32\)"),
         (lambda m: m, {"x": jnp.ones((WIDTH,))}, ValueError, r"leading batch axis.*\(32,\)"),
         (lambda m: m, {"x": jnp.ones((BATCH, WIDTH), jnp.int32)}, TypeError, "float array"),
-        (lambda m: m, {"cotangent": jnp.ones((BATCH, 3))}, ValueError, r"cotangent array has shape \(8, 3\); expected.*\(8, 32\)"),
+        (lambda m: m, {"cotangent": jnp.ones((BATCH, 3))}, ValueError,
+         r"cotangent array has shape \(8, 3\); expected.*\(8, 32\)"),
         (lambda m: m, {"cotangent": "mse"}, ValueError, "cotangent must be 'normal'"),
         (lambda m: m, {"cotangent": lambda f: f}, ValueError, "must return a scalar"),
         (lambda m: m, {"activation": "tanhh"}, ValueError, "tanhh"),
@@ -275,7 +283,8 @@ def test_generic_model_wrong_batch_shape_names_shapes():
         def __call__(self, x):
             return self.a(x)
 
-    with pytest.raises(ValueError, match=r"x of shape \(8, 5\) does not fit Two.*\(batch, \.\.\., 32\)"):
+    match = r"x of shape \(8, 5\) does not fit Two.*\(batch, \.\.\., 32\)"
+    with pytest.raises(ValueError, match=match):
         probe(Two(), jnp.ones((BATCH, 5)))
 
 

@@ -373,7 +373,7 @@ def test_percentile_selection_is_exact():
     cases = [rng.integers(-3, 4, 210).astype(np.float64),
              np.maximum(rng.standard_normal((7, 30)), 0.0),
              -np.abs(rng.standard_normal(210)) * 1e-30 + np.repeat([0.0, 1.0], 105),
-             rng.standard_normal(1001), np.array([2.5])]
+             rng.standard_normal(210), np.array([2.5])]
     for x in cases:
         x = x.astype(np.float32)
         got = np.asarray(jax.jit(lambda a: training._percentiles(a, q))(x))
