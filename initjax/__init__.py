@@ -1,12 +1,14 @@
 """initjax: how weight initialization, activations and batch norm shape the signal in deep networks.
 
 The public API. Implementation lives in one module per concept: ``initializers``, ``activations``,
-``gains``, ``config``, ``propagation``, ``sweeps``, ``plotting``, ``reproductions``, ``cli``.
+``gains``, ``config``, ``propagation``, ``sweeps``, ``theory``, ``plotting``, ``reproductions``,
+``cli``.
 """
 
 from initjax import activations as activations
 from initjax import initializers as initializers
 from initjax import plotting as plotting
+from initjax import theory as theory
 from initjax.config import NetworkConfig as NetworkConfig
 from initjax.gains import calculate_gain as calculate_gain
 from initjax.propagation import LayerStats as LayerStats
@@ -25,6 +27,7 @@ __all__ = [
     "activations",
     "initializers",
     "plotting",
+    "theory",
     "calculate_gain",
     "NetworkConfig",
     "LayerStats",
