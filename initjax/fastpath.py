@@ -10,14 +10,14 @@ fed to the engine's statistics unchanged.
 
 Algorithm, one layer of one seed (``P = V V^T``):
 
-* Forward. ``V`` (``n_in x k``, ``k = min(B, n_in)``) has orthonormal columns spanning the row
-  space of ``X`` (from an SVD, see *Rank deficiency* below). Draw ``G`` (``k x n_out``) i.i.d.
+* Forward. ``V`` (``n_in x k``, ``k = min(B, n_in)``) has orthonormal columns whose span contains
+  the rows of ``X`` (the Q factor of ``X^T``, see *Rank deficiency* below). Draw ``G`` (``k x n_out``) i.i.d.
   ``N(0, s^2)`` and set ``H = (X V) G + b``. This is the engine's ``_layer_forward`` called with
   ``(X V, G)`` in place of ``(X, W)``, so activation, normalization and their placement are the
   engine's own code.
 * Backward. ``D = dL/dH`` is ``jax.vjp`` of that same call with respect to a zero probe on ``H``
-  (as the engine does), given ``dL/d out``. Then, with ``V_D`` (``n_out x k_D``) an orthonormal
-  basis of the row space of ``D`` and ``F`` (``k_D x n_in``) fresh i.i.d. ``N(0, s^2)``::
+  (as the engine does), given ``dL/d out``. Then, with ``V_D`` (``n_out x k_D``) orthonormal,
+  its span containing the rows of ``D`` (Q factor of ``D^T``), and ``F`` (``k_D x n_in``) fresh i.i.d. ``N(0, s^2)``::
 
       E     = (D V_D) F                          # a sample of D W~^T, W~ a fresh copy of W
       dL/dX = (D G^T) V^T + E (I - P)            # = D W^T with W conditioned on H
@@ -28,60 +28,65 @@ Algorithm, one layer of one seed (``P = V V^T``):
   use the engine's own keys and code, so a seed's numbers depend only on its key and layer, never on
   how many seeds run beside it.
 
-Why it is exact. Everything returned (``x_prev, h, y, out, dh, dx`` of every layer) has, jointly,
-the same law as in the dense path; it is *not* bitwise equal (other random numbers).
+Why it is exact. Everything returned (``x_prev, h, y, out, dh, dx`` of every layer) has, jointly
+over layers, the law of the dense path's tensors; it is *not* bitwise equal (other random numbers).
+The fast path *is* the dense path, run with weight matrices that are never formed::
 
-1. *Rotational invariance.* The columns ``w_j`` of ``W`` are i.i.d. ``N(0, s^2 I)``. For ``V`` with
-   orthonormal columns, ``V^T w_j ~ N(0, s^2 V^T V) = N(0, s^2 I_k)``, so ``G = V^T W`` is i.i.d.
-   ``N(0, s^2)``; and ``(I - P) w_j`` is jointly Gaussian with ``V^T w_j`` with cross-covariance
-   ``s^2 (I - P) V = 0``, hence independent of it and distributed as ``(I - P) w~_j``. So
-   ``W = V G + (I - P) W`` with the two terms independent, and this holds conditionally on
-   anything independent of ``W`` (such as a ``V`` computed from ``X``).
-2. *Forward.* If ``span(V)`` contains the rows of ``X``, then ``X = X P`` and
-   ``X W = (X V)(V^T W) = (X V) G``: given ``X``, a fresh ``G`` gives ``H`` its exact conditional law.
-3. *Order of generation.* Both paths produce, in order: ``x^0`` and the biases, ``H^1, ..., H^L``
-   (with ``x^l = f_l(H^l)``, ``f_l`` the activation and normalization: a fixed function, row-coupled
-   for batch norm), the cotangent ``dx^L`` (a fixed function of ``x^L`` and its own key), then for
-   ``l = L..1``: ``D^l = J_{f_l}(H^l)^T dx^l`` and ``dx^{l-1} = D^l W^{lT}``. By the chain rule of
-   conditional laws, the joint laws agree if every step has the same conditional law given all
-   earlier steps. Deterministic steps are the same functions in both paths. ``H^l``: the earlier
-   steps depend on ``W^1..W^{l-1}`` only, so ``W^l`` is still i.i.d. given them, and 2 applies.
-4. *Conditioning for the backward step.* Given the earlier steps ``F_l`` (all forward tensors, the
-   cotangent, ``D^L..D^l`` and ``dx^L..dx^l``), what is the law of ``W^l``? Every tensor in ``F_l``
-   is a function of randomness independent of ``W^l`` (inputs, biases, the cotangent's key, the
-   other layers' weights) and of ``W^l`` *only through* ``H^l``: later layers see ``x^l = f_l(H^l)``;
-   ``D^l`` is the vjp of ``f_l`` at ``H^l`` applied to ``dx^l``, and ``dx^l = D^{l+1} W^{(l+1)T}``
-   involves ``W^{l+1}``, not ``W^l``, so ``D`` depends on ``W^l`` only through ``H^l``. Given
-   ``x^{l-1}`` and ``b^l``, ``H^l`` and ``G = V^T W^l`` determine each other (``X V`` has full
-   column rank when ``V`` spans exactly the row space). Hence ``W^l`` given ``F_l`` has the law of
-   ``W^l`` given ``G``, which by 1 is ``V G + (I - P) W~`` with ``W~`` fresh, and
-   ``dx^{l-1} = D G^T V^T + (D W~^T)(I - P)``, ``W~`` independent of ``D``. The fast path reuses the
-   very ``G`` of its forward step, as conditioning requires. (If ``V`` also spans directions not in
-   the row space, the extra part ``V_e G_e`` of ``V G`` is a fresh Gaussian in those directions,
-   and ``V_e G_e + (I - P) W~`` has the law of ``(I - P_row) W~`` by 1 again: still exact.)
-5. *The complement term.* Row ``i`` of ``W~`` is ``w~_i ~ N(0, s^2 I_{n_out})``, i.i.d. over
-   ``i``; column ``i`` of ``D W~^T`` is ``D w~_i``. By 1 and 2 applied to ``D`` in place of ``X``,
-   ``D W~^T = (D V_D)(V_D^T W~^T)`` where ``F = V_D^T W~^T`` is i.i.d. ``N(0, s^2)``: ``E`` is an
-   exact sample of ``D W~^T``, and ``E (I - P)`` is ``(D W~^T)(I - P)`` for that same ``W~``.
-6. *Independence.* ``G`` and ``F`` of every layer are drawn from distinct ``fold_in`` keys (as the
-   dense path draws its ``W^l``), so they are independent of one another and of the inputs, biases
-   and cotangent; different seeds use different keys. Steps 3-5 then hold layer by layer.
+    W^l := V G + (I - P) W~,        W~^T := V_D F + (I - P_D) Z,
+
+``P_D = V_D V_D^T`` and ``Z`` (``n_out x n_in``, i.i.d. ``N(0, s^2)``) never drawn. Since ``span(V)``
+contains the rows of ``X``, ``X (I - P) = 0`` and ``X W^l = (X V) G`` exactly; likewise
+``D (I - P_D) = 0`` gives ``D W~^T = (D V_D) F = E`` and so ``D W^{lT} = D G^T V^T + E (I - P)``,
+exactly the fast path's arithmetic. All else (inputs, biases, activation, norm, vjp, cotangent) is
+the engine's own code. So the fast tensors are ``Phi(x^0, b, c, W^1..W^L)`` with ``Phi`` the dense
+path's map and ``c`` the cotangent's key, and it suffices that ``(x^0, b, c, W^1..W^L)`` has the
+dense law: independent, each ``W^l`` i.i.d. ``N(0, s^2)``.
+
+1. *Rotational invariance.* For a fixed ``V`` with orthonormal columns and independent ``G``, ``W~``
+   with i.i.d. ``N(0, s^2)`` entries, ``V G + (I - P) W~`` has i.i.d. ``N(0, s^2)`` entries: its
+   columns are independent Gaussians with covariance ``s^2 (V V^T + (I - P)(I - P)^T) = s^2 I``.
+   Read backwards this is the conditioning on ``V^T W``: for ``W`` i.i.d., ``G = V^T W`` and
+   ``(I - P) W`` are jointly Gaussian with cross-covariance ``s^2 V^T (I - P) = 0``, hence
+   independent, so ``W`` given ``V^T W = G`` is ``V G + (I - P) W~`` with ``W~`` fresh. The forward
+   pass reveals only ``G`` (as ``H``); the backward pass reuses that ``G`` and a fresh ``W~``.
+2. *The complement, and why ``D`` depends on ``W^l`` only through ``H^l``.* ``D^l = J_{f_l}(H^l)^T
+   dx^l`` (``f_l``: activation and normalization, row-coupled for batch norm); ``dx^l = D^{l+1}
+   W^{(l+1)T}`` involves layer ``l + 1``'s weights; later layers see only ``x^l = f_l(H^l)``; and
+   ``H^l = (X V) G + b``. So ``D^l`` is a function of ``(x^0, b, c, every G, W~^m for m > l)``, not
+   of ``W~^l``, ``F^l``, ``Z^l``. Given all of those, ``W~^{lT} = V_D F + (I - P_D) Z`` is i.i.d.
+   ``N(0, s^2)`` by 1 (``V_D`` is fixed by ``D^l``; ``F^l``, ``Z^l`` are fresh). A conditional law
+   that does not depend on the condition means independence: by induction from ``l = L`` down,
+   the ``W~^l`` are i.i.d. Gaussian, independent of one another and of ``(x^0, b, c, every G)``.
+3. *Independence of layers.* ``V^l`` is a function of ``x^{l-1}``, hence of
+   ``(x^0, b, W^1..W^{l-1})``. ``G^l`` and ``W~^l`` are independent of
+   ``(x^0, b, c, G^{<l}, W~^{<l})`` and of each other (2, and distinct ``fold_in`` keys: ``G`` and
+   ``F`` of layer ``l`` come from ``fold_in(fold_in(weights_key, l), 0 | 1)``), so by 1, given
+   ``(x^0, b, c, W^1..W^{l-1})``, ``W^l`` is i.i.d. ``N(0, s^2)``: a fresh Gaussian matrix
+   independent of the inputs, biases, cotangent key and earlier layers, as in the dense path. QED.
+
+Only ``span(V) ⊇ rowspace(X)`` and orthonormality were used: ``V`` may span more than the row space.
 
 The layer-1 input gradient ``dL/dx^0`` is not returned by the engine, so it is not computed.
 
-Rank deficiency (dead ReLUs, zero or duplicated inputs, batch > width). The argument needs only
-``span(V) ⊇ rowspace(X)`` with ``V`` orthonormal. ``V`` comes from the SVD of ``X`` with each row
-scaled to unit norm (so the test is per example and scale-free; zero rows stay zero), keeping the
-directions with singular value ``sigma_k > 32 eps sigma_max`` (``eps`` of the dtype: 1.2e-7 for
-float32). A direction with ``sigma_k = 0`` is orthogonal to every row (``X v_k = 0``): it
-contributes nothing to ``H``, and dropping it leaves the law exact (it is then covered by the
-``(I - P) W~`` term). A direction with ``0 < sigma_k <= 32 eps sigma_max`` is indistinguishable from
-0 in float32: the SVD's own backward error is a small multiple of ``eps sigma_max``, and dropping it
-moves row ``b`` of ``H`` by at most ``32 eps sigma_max <= 32 eps sqrt(B)`` relative to ``||x_b|| s``,
-the order of float32 rounding in the dense product. Dropping null directions also means the
-solver's arbitrary null-space vectors are never used. ``X V`` is computed from ``X`` itself, so a
-zero row of ``X`` gives an exactly zero row of ``H - b``, an all-zero ``X`` gives ``H = b`` exactly,
-and an all-zero ``D`` gives ``dL/dX = 0`` exactly; nothing divides by a singular value, so no NaN.
+Rank deficiency (dead ReLUs, zero or duplicated inputs, batch > width). The argument needs only an
+orthonormal ``V`` with ``span(V) ⊇ rowspace(X)``, and ``V`` may span more. ``V`` is the Q
+factor of the Householder QR of ``X^T`` (``n_in x k``, all ``k = min(B, n_in)`` columns kept). It is
+orthonormal to working precision for every input, rank-deficient or zero included (a zero column
+gives an identity reflector), and each row ``x_b`` lies in its span up to ``c eps ||x_b||``
+(Householder QR's columnwise backward error, Higham 2002, Thm 19.4): a relative error per example
+at the level of float32 rounding, as in the dense product. So no tolerance is needed and none is
+used: dropping a direction of the row space would be wrong, keeping one outside it is harmless.
+``X V`` is computed from ``X`` itself, so a zero row of ``X`` gives an exactly zero row of
+``H - b``, an all-zero ``X`` gives ``H = b`` exactly and an all-zero ``D`` gives ``dL/dX = 0``
+exactly; nothing is divided by a singular value or a diagonal of ``R``, so nothing is NaN.
+
+Why QR and not an SVD with a rank tolerance: the law depends only on ``span(V)``, but the *sample*
+``(X V) G`` depends on the basis itself. Singular vectors are defined only up to sign (and rotation
+within clusters of equal singular values), and a batched and an unbatched SVD of the same ``X``
+were measured to pick different signs, so a seed's tensors changed by O(1) with the number of
+seeds beside it; with sign fixing they still differed by up to 4e-4 (singular vectors are
+accurate only to ``eps / gap``). The Householder Q is a continuous function of ``X`` (of full
+rank), and a seed's tensors came out bitwise identical batched and alone. QR is also cheaper.
 
 Non-finite values (overflowed networks, e.g. deep ReLU with N(0, 1) weights). A row of ``X`` (or
 ``D``) with an inf or NaN entry is left out of the basis and its row of ``H`` (``dL/dX``) is NaN;
@@ -92,7 +97,7 @@ Cost per layer and seed, with ``k = min(B, n_in)``, ``k_D = min(B, n_out)``:
 
 * random numbers: ``k n_out + k_D n_in <= B (n_in + n_out)`` normals, against ``n_in n_out`` dense
   (twice that with ``remat``, which redraws ``W`` in the backward pass);
-* flops: two thin SVDs of ``B x n_in`` and ``B x n_out`` matrices, ``O(B^2 (n_in + n_out))``, and
+* flops: two thin QRs of ``n_in x B`` and ``n_out x B`` matrices, ``O(B^2 (n_in + n_out))``, and
   matmuls of the same order (``X V``, ``(XV) G``, ``D V_D``, ``(D V_D) F``, ``D G^T V^T``, the
   projection, and the forward recomputed once for the vjp), against ``4 B n_in n_out`` dense;
 * memory: kept per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), the same
@@ -100,7 +105,7 @@ Cost per layer and seed, with ``k = min(B, n_in)``, ``k_D = min(B, n_out)``:
   exists (dense: about four per live matrix, see ``propagation.estimate_memory``).
 
 Only zero-mean, untruncated i.i.d. Gaussian inits qualify (:func:`fast_applicable`): orthogonal,
-uniform, truncated, sparse or non-zero-mean weights do not have the rotational invariance of 1.
+uniform, truncated, sparse or non-zero-mean weights lack the rotational invariance of point 1.
 """
 
 from __future__ import annotations
@@ -115,9 +120,6 @@ from initjax.config import NetworkConfig
 
 __all__ = ["fast_applicable", "fast_seed_tensors", "fast_seed_stats", "fast_estimate_memory"]
 
-# Null-direction tolerance in units of the dtype's eps, relative to the largest singular value of
-# the row-normalized matrix: a few times the float32 SVD's backward error (see the module docstring).
-_NULL_RTOL_EPS = 32.0
 # fold_in tags under fold_in(weights_key, layer): the forward factor G and the complement factor F
 _TAG_G = 0
 _TAG_F = 1
@@ -155,26 +157,22 @@ def fast_applicable(config: NetworkConfig) -> str | None:
 
 
 class _Basis(NamedTuple):
-    """An orthonormal basis of the row space of a ``(batch, n)`` matrix ``X`` and its coordinates."""
+    """An orthonormal basis whose span contains the rows of a ``(batch, n)`` matrix ``X``."""
 
-    coords: jax.Array  # (batch, k) X V: NaN rows where X has a non-finite entry
-    vt: jax.Array  # (k, n) V^T: orthonormal rows; dropped (null) directions are zero rows
+    coords: jax.Array  # (batch, k) X V, k = min(batch, n): NaN rows where X has a non-finite entry
+    vt: jax.Array  # (k, n) V^T: orthonormal rows
 
 
 def _row_basis(x: jax.Array) -> _Basis:
-    """``V^T`` from the SVD of ``x`` with unit-norm rows, null directions dropped (module docstring)."""
+    """``V`` = the orthonormal factor of the Householder QR of ``x^T``, all ``min(batch, n)``
+    columns kept (module docstring, *Rank deficiency*)."""
     bad = ~jnp.all(jnp.isfinite(x), axis=1, keepdims=True)  # (batch, 1)
     xc = jnp.where(bad, 0.0, x).astype(x.dtype)
     scale = jnp.max(jnp.abs(xc))
-    xs = xc / jnp.where(scale > 0, scale, 1.0).astype(x.dtype)  # max-abs first: norms cannot overflow
-    norms = jnp.linalg.norm(xs, axis=1, keepdims=True)
-    unit = xs / jnp.where(norms > 0, norms, 1.0).astype(x.dtype)
-    _, sigma, vt = jnp.linalg.svd(unit, full_matrices=False)  # sigma descending
-    rtol = _NULL_RTOL_EPS * float(jnp.finfo(x.dtype).eps)
-    keep = sigma > rtol * sigma[0]  # all False when x has no finite non-zero row
-    vt = jnp.where(keep[:, None], vt, 0.0).astype(x.dtype)
-    coords = jnp.where(bad, jnp.nan, xc @ vt.T).astype(x.dtype)
-    return _Basis(coords, vt)
+    # max-abs scaling first: the span is unchanged, and no reflector norm can overflow
+    q, _ = jnp.linalg.qr((xc / jnp.where(scale > 0, scale, 1.0).astype(x.dtype)).T)  # (n, k)
+    coords = jnp.where(bad, jnp.nan, xc @ q).astype(x.dtype)
+    return _Basis(coords, q.T)
 
 
 def _layer_std(config: NetworkConfig, shape: tuple[int, int]) -> float:
@@ -325,7 +323,7 @@ def fast_estimate_memory(config: NetworkConfig) -> int:
 
     About eight ``(batch, width)`` tensors per layer kept for the statistics (as the engine), plus
     per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), plus a few
-    ``(batch, width)`` work buffers of the SVDs and the backward projection.
+    ``(batch, width)`` work buffers of the QRs and the backward projection.
     """
     itemsize = max(jnp.dtype(config.dtype).itemsize, 4)
     b = config.batch

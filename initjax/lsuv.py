@@ -131,7 +131,8 @@ def lsuv(
       tol: tolerance on ``|Var - 1|``, > 0 (0.1 in the paper).
       max_iter: the most rescalings per layer, >= 1 (the paper's ``T_max``, 10 by default).
       orthogonal: pre-initialize the kernels with orthonormal matrices (the paper's step 1).
-      key: int seed or PRNG key of the orthonormal draws.
+      key: PRNG key of the orthonormal draws, or an int seed meaning
+        ``jax.random.key(seed, impl="philox2x32")`` (as in :func:`initjax.propagate`).
 
     Returns:
       ``(model, report)``: the same model, initialized, and an :class:`LSUVReport`.

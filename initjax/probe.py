@@ -552,8 +552,11 @@ def _layer_measure(act, act_range, grad_range, bins, saturation_tolerance):
 
 
 def _to_key(key: Any) -> Array:
+    """An int seed becomes ``jax.random.key(seed, impl="philox2x32")``, the engine's default
+    implementation (threefry's normal sampler took seconds to compile per shape on the 2-core
+    development machine, philox's a fraction of a second); a PRNG key is used as given."""
     if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+        return jax.random.key(int(key), impl="philox2x32")
     if isinstance(key, jax.Array):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
             return key
@@ -892,7 +895,8 @@ def probe(
       cotangent: ``dL/d(output)``: ``"normal"`` (i.i.d. N(0, 1) drawn from ``fold_in(key, s)``
         for member ``s``), an array of the output's shape (or ``(S, *output)`` for an ensemble),
         or a callable ``loss(output) -> scalar`` whose gradient is used.
-      key: int seed or PRNG key for ``"normal"``.
+      key: PRNG key, or an int seed meaning ``jax.random.key(seed, impl="philox2x32")`` (the
+        engine's default implementation), for ``"normal"``.
       act_range, grad_range: ranges of the activation and ``dL/dh`` histograms.
       bins: number of histogram bins.
       saturation_tolerance: a bounded activation's output within this fraction of its range from a

@@ -23,7 +23,7 @@ from typing import Any
 
 from initjax import _io
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, _progress_bar, propagate
+from initjax.propagation import Propagation, _progress_bar, propagate, propagate_shared, shareable
 
 __all__ = ["grid", "sweep", "Sweep"]
 
@@ -126,6 +126,20 @@ def _read_index(d: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _groups(configs: Sequence[NetworkConfig], todo: Sequence[int], share: bool) -> list[list[int]]:
+    """Indices of ``todo`` grouped so each group can share weight draws (same shapes and input,
+    Gaussian inits); without ``share``, one config per group."""
+    groups: list[list[int]] = []
+    for i in todo:
+        for g in groups if share else ():
+            if shareable([configs[g[0]], configs[i]]):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def sweep(
     configs: Iterable[NetworkConfig],
     seeds: int = 1,
@@ -133,6 +147,7 @@ def sweep(
     *,
     out: str | os.PathLike | None = None,
     quiet: bool = False,
+    share_draws: bool = True,
     **propagate_kwargs: Any,
 ) -> Sweep:
     """Run :func:`~initjax.propagate` for every config, with the same seeds and key.
@@ -142,7 +157,11 @@ def sweep(
       seeds, key: as in :func:`~initjax.propagate`; every config sees the same seed indices.
       out: a directory: each finished config is written at once and the sweep resumes from it.
       quiet: no progress bar (it is shown only on a terminal in any case).
-      **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, ...).
+      share_draws: run configs that differ only in Gaussian scale, activation or norm together on
+        one standard-normal draw per layer and seed (:func:`~initjax.propagate_shared`): the
+        random numbers, the dominant cost, are drawn once for the group (common random numbers),
+        and every config's numbers are exactly those of its solo run.
+      **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, devices...).
     """
     configs = list(configs)
     if not configs:
@@ -151,29 +170,34 @@ def sweep(
         if not isinstance(c, NetworkConfig):
             raise TypeError(f"configs[{i}] must be a NetworkConfig, got {type(c).__name__}")
     d = Path(out) if out is not None else None
+    results: list[Propagation | None] = [None] * len(configs)
     done: set[int] = set()
     if d is not None:
         index = _read_index(d)
         if index is not None:
             for i, e in enumerate(index["entries"]):
                 if i < len(configs) and e["status"] == "done" and e["config"] == configs[i].to_dict():
-                    done.add(i)
+                    loaded = Propagation.load(d / f"{i:03d}")
+                    if loaded.seeds == seeds:
+                        results[i] = loaded
+                        done.add(i)
         _write_index(d, configs, done)
     show = not quiet and sys.stderr.isatty()
-    results: list[Propagation | None] = [None] * len(configs)
+    todo = [i for i in range(len(configs)) if i not in done]
     with _progress_bar(total=len(configs), desc="sweep", unit="config", disable=not show) as bar:
-        for i, config in enumerate(configs):
-            if i in done and d is not None:
-                loaded = Propagation.load(d / f"{i:03d}")
-                if loaded.seeds == seeds:
-                    results[i] = loaded
-                    bar.update(1)
-                    continue
-            res = propagate(config, seeds, key, progress=show, **propagate_kwargs)
-            results[i] = res
+        bar.update(len(done))
+        for group in _groups(configs, todo, share_draws):
+            members = [configs[i] for i in group]
+            if len(members) > 1:
+                measured = propagate_shared(members, seeds, key, progress=show, **propagate_kwargs)
+            else:
+                measured = [propagate(members[0], seeds, key, progress=show, **propagate_kwargs)]
+            for i, res in zip(group, measured, strict=True):
+                results[i] = res
+                if d is not None:
+                    res.save(d / f"{i:03d}")
+                    done.add(i)
             if d is not None:
-                res.save(d / f"{i:03d}")
-                done.add(i)
                 _write_index(d, configs, done)
-            bar.update(1)
+            bar.update(len(group))
     return Sweep(tuple(results))  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ Bengio 2010; He et al. 2015, Figures 2-3; Ioffe & Szegedy 2015, Figure 1(a)), th
 Szegedy Figure 1(b, c)), saturated and dead units, per-layer gradient norms, and for batch-norm
 models the test accuracy with running averages vs batch statistics.
 
+    >>> import dataclasses
     >>> from initjax import data, training
     >>> ds = data.digits()
     >>> plain = training.TrainConfig(label="sigmoid", widths=(100, 100, 100), activation="sigmoid",
@@ -46,8 +47,6 @@ import functools
 import hashlib
 import itertools
 import json
-import math
-import numbers
 import os
 import re
 import sys
@@ -177,7 +176,10 @@ class TrainConfig:
       steps: number of optimizer updates.
       record_every: updates between records; records are taken at steps
         ``0, record_every, 2 record_every, ...`` and at ``steps``.
-      same_batches: every seed sees the same minibatch sequence (True) or its own shuffle.
+      same_batches: every seed sees the same minibatch sequence (True:
+        ``data.batches(x_train, y_train, batch_size, seed=key)``) or its own (False: seed ``i``
+        uses ``seed=SeedSequence([key, i]).generate_state(1)[0]``), ``key`` that of
+        :func:`compare`.
       probe_size: examples of the fixed probe batch (taken from the training set) on which layer
         statistics and gradient norms are measured; capped at the training-set size.
       train_eval_size: examples of the fixed training subset on which train accuracy is measured;
@@ -425,7 +427,7 @@ class TrainConfig:
 
     @property
     def record_steps(self) -> np.ndarray:
-        """The steps at which records are taken: ``0, k, 2k, ...`` and ``steps``; shape (record,)."""
+        """(record,) the steps at which records are taken: ``0, k, 2k, ...`` and ``steps``."""
         s = list(range(0, self.steps, self.record_every)) + [self.steps]
         return np.asarray(s, dtype=np.int64)
 
@@ -728,7 +730,7 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
         graphdef=graphdef,
         forward=forward,
         init=_jit("init", jax.vmap(init_one)),
-        measure=_jit("measure", jax.vmap(measure_one, in_axes=(0, 0, None, None, None, None, None))),
+        measure=_jit("measure", jax.vmap(measure_one, in_axes=(0, 0) + (None,) * 5)),
     )
 
 
@@ -938,7 +940,7 @@ def compare(
     sequential: bool = False,
     _stop_after: int | None = None,
 ) -> CompareResult:
-    """Train each config for ``seeds`` seeds on ``data`` and record the statistics of :class:`Record`.
+    """Train each config for ``seeds`` seeds on ``data``, recording the fields of :class:`Record`.
 
     Seeds are a ``vmap`` axis: per config, one jitted function runs ``record_every`` updates of
     every seed as a ``lax.scan`` over minibatch indices. Seed ``i`` of every config starts from the

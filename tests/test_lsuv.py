@@ -13,7 +13,18 @@ from initjax.lsuv import LSUVReport, lsuv
 from initjax.modules import MLP, PlainCNN, create_ensemble
 
 WIDTH, BATCH = 32, 8
-X = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
+
+
+def _key(seed):
+    # threefry's normal sampler compiles for seconds per shape on a small CPU; philox does not
+    return jax.random.key(seed, impl="philox2x32")
+
+
+def _rngs(seed):
+    return nnx.Rngs(_key(seed))
+
+
+X = jax.random.normal(_key(1), (BATCH, WIDTH))
 
 
 def _preact_vars(net, x):
@@ -32,7 +43,7 @@ def _flat_kernel(module):
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_deep_mlp_with_tiny_init_collapses_and_lsuv_restores_unit_variance(act):
     net = MLP(WIDTH, (WIDTH,) * 10, activation=act, kernel_init="normal:stddev=0.01",
-              rngs=nnx.Rngs(0))
+              rngs=_rngs(0))
     assert _preact_vars(net, X)[-1] < 1e-12  # N(0, 0.01^2): each layer multiplies Var by ~0.0032
     same, report = lsuv(net, X, orthogonal=False)
     assert same is net  # updated in place
@@ -46,8 +57,8 @@ def test_deep_mlp_with_tiny_init_collapses_and_lsuv_restores_unit_variance(act):
 
 
 def test_orthonormal_preinit_cnn_and_readout():
-    net = PlainCNN(3, 8, 2, 5, activation="relu", rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+    net = PlainCNN(3, 8, 2, 5, activation="relu", rngs=_rngs(0))
+    x = jax.random.normal(_key(2), (2, 8, 8, 3))
     bias_before = np.asarray(net.layers[0].bias[...])
     _, report = lsuv(net, x, tol=0.05)
     assert report.layer_names == ("layers.0", "layers.1", "classifier")
@@ -70,7 +81,7 @@ def test_generic_model_and_key_reproducibility():
         def __call__(self, x):
             return self.b(jax.nn.relu(self.a(x)))
 
-    nets = [Net(nnx.Rngs(s)) for s in (0, 1)]
+    nets = [Net(_rngs(s)) for s in (0, 1)]
     reports = [lsuv(n, X, key=3)[1] for n in nets]
     # the orthonormal draws come from the key, not from the model's old weights
     np.testing.assert_allclose(_flat_kernel(nets[0].a), _flat_kernel(nets[1].a), rtol=1e-6)
@@ -83,14 +94,14 @@ def test_generic_model_and_key_reproducibility():
 def test_non_convergence_is_recorded_not_raised():
     # biases with std 3 put Var[h] >= ~9 whatever the kernel scale: LSUV cannot reach 1
     net = MLP(WIDTH, (WIDTH, WIDTH), activation="tanh", bias_init="normal:stddev=3.0",
-              rngs=nnx.Rngs(0))
+              rngs=_rngs(0))
     _, report = lsuv(net, X, max_iter=1)
     assert isinstance(report, LSUVReport)
     assert not report.all_converged and not report.converged[0]
     np.testing.assert_array_equal(report.iterations, [1, 1])
     assert report.variance[0] > 2.0 and report.max_iter == 1
     # a dead layer (zero kernel and bias: Var = 0) cannot be rescaled: reported, never divided by 0
-    dead = MLP(WIDTH, (WIDTH,), activation="tanh", kernel_init="zeros", rngs=nnx.Rngs(0))
+    dead = MLP(WIDTH, (WIDTH,), activation="tanh", kernel_init="zeros", rngs=_rngs(0))
     _, report = lsuv(dead, X, orthogonal=False)
     assert report.iterations[0] == 0 and not report.converged[0] and report.variance[0] == 0.0
     assert np.all(np.isfinite(np.asarray(dead.layers[0].kernel[...])))
@@ -118,9 +129,11 @@ class _NoLayers(nnx.Module):
 )
 def test_lsuv_errors(model, kwargs, err, match):
     if model is None:
-        model = MLP(WIDTH, (WIDTH,), rngs=nnx.Rngs(0))
+        model = MLP(WIDTH, (WIDTH,), rngs=_rngs(0))
     elif model == "ensemble":
-        model = create_ensemble(lambda rngs: MLP(WIDTH, (WIDTH,), rngs=rngs), [0, 1])
+        model = create_ensemble(
+            lambda rngs: MLP(WIDTH, (WIDTH,), rngs=rngs), jnp.stack([_key(0), _key(1)])
+        )
     kwargs = dict(kwargs)
     x = kwargs.pop("x", X)
     with pytest.raises(err, match=match):

@@ -55,14 +55,14 @@ def test_sweep_writes_as_it_goes_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_module, "propagate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sweep(configs, seeds=2, out=tmp_path)
+        sweep(configs, seeds=2, out=tmp_path, share_draws=False)
     index = json.loads((tmp_path / "sweep.json").read_text())
     assert [e["status"] for e in index["entries"]] == ["done", "incomplete", "incomplete"]
     assert index["status"] == "incomplete"
 
     calls.clear()
     monkeypatch.setattr(sweep_module, "propagate", lambda config, *a, **k: (calls.append(config.label), real(config, *a, **k))[1])
-    result = sweep(configs, seeds=2, out=tmp_path)
+    result = sweep(configs, seeds=2, out=tmp_path, share_draws=False)
     assert calls == ["b", "c"]  # "a" was finished and is not recomputed
     assert json.loads((tmp_path / "sweep.json").read_text())["status"] == "done"
     loaded = initjax.Sweep.load(tmp_path)
@@ -158,3 +158,21 @@ def test_seed_demo_quick(tmp_path):
     assert saved["all_pass"] and len(saved["schemes"]) == 9
     for name in ("report.md", "variance-curves.png", "variance-curves.pdf", "hist-relu-he.png"):
         assert (tmp_path / name).exists(), name
+
+
+def test_sweep_shares_draws_and_matches_solo_runs(monkeypatch):
+    """The five-scheme demo as one sweep: Gaussian schemes run as one shared-draw group, the zero
+    init alone; every result equals its solo propagate call bit for bit."""
+    import initjax.sweeps as sweep_module
+
+    base = NetworkConfig(depth=3, width=16, batch=4)
+    configs = [base.replace(init="normal:stddev=0.01", activation="tanh"), base.replace(init="zeros"),
+               base.replace(init="xavier_normal", activation="relu"), base.replace(init="he_normal", activation="relu")]
+    groups = []
+    real_shared = sweep_module.propagate_shared
+    monkeypatch.setattr(sweep_module, "propagate_shared",
+                        lambda cs, *a, **k: (groups.append(len(cs)), real_shared(cs, *a, **k))[1])
+    result = sweep(configs, seeds=2)
+    assert groups == [3]
+    for c, r in zip(configs, result):
+        _equal(r, propagate(c, seeds=2))

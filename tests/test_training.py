@@ -69,8 +69,10 @@ def test_sigmoid_mlp_learns_digits(run_a):
     assert rec.test_accuracy.shape == (SEEDS_A, 5)
     np.testing.assert_array_equal(rec.step, [0, 100, 200, 300, 400])
     # Measured (4 seeds, median test accuracy at steps 0/100/200/300/400):
-    # 0.10 / 0.43 / 0.86 / 0.92 / 0.94; every seed ends within 0.93-0.95. Chance is 0.10.
+    # 0.10 / 0.43 / 0.86 / 0.92 / 0.94; the seeds span 0.91-0.93 at step 300 and 0.936-0.942 at
+    # 400; train loss 2.4 -> 0.11-0.14. Chance is 0.10.
     assert np.all(rec.test_accuracy[:, 0] < 0.25)
+    assert np.all(rec.test_accuracy[:, 3] > 0.8)
     assert np.all(rec.test_accuracy[:, -1] > 0.85)
     assert np.all(rec.train_accuracy[:, -1] > 0.85)
     assert np.all(rec.train_loss[:, -1] < 0.5 * rec.train_loss[:, 0])
@@ -152,10 +154,15 @@ def test_sequential_path_equals_vmapped(linear_task):
 
 def test_sgd_step_equals_hand_computation(linear_task):
     lr = 0.1
-    cfg = dataclasses.replace(CFG_C, steps=1, record_every=1, learning_rate=lr)
+    # same_batches=False: seed s draws its own stream, data.batches with seed
+    # SeedSequence([key, s]).generate_state(1)[0] (the documented rule).
+    cfg = dataclasses.replace(CFG_C, steps=1, record_every=1, learning_rate=lr, same_batches=False)
     result = training.compare(cfg, linear_task, seeds=2, key=5, progress=False)
-    xb, yb = next(data.batches(linear_task.x_train, linear_task.y_train, 32, seed=5))
+    first_rows = []
     for seed in range(2):
+        stream_seed = int(np.random.SeedSequence([5, seed]).generate_state(1)[0])
+        xb, yb = next(data.batches(linear_task.x_train, linear_task.y_train, 32, seed=stream_seed))
+        first_rows.append(xb[0])
         m0 = modules.MLP(8, (16,), 2, activation="prelu_learned", kernel_init="he_normal",
                          rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(5), seed)))
         p0 = {"w1": m0.layers[0].kernel[...], "b1": m0.layers[0].bias[...],
@@ -185,13 +192,15 @@ def test_sgd_step_equals_hand_computation(linear_task):
             np.testing.assert_allclose(got[k], p0[k] - lr * grads[k], rtol=1e-5, atol=1e-7)
         # The loss of the single update (record 1) is the loss of the initial parameters.
         np.testing.assert_allclose(result[0].train_loss[seed, 1], np_loss, rtol=1e-5)
+    assert not np.array_equal(first_rows[0], first_rows[1])  # the seeds' batches differ
 
 
 def test_prelu_slope_is_learned(linear_task):
     rec = training.compare(CFG_C, linear_task, seeds=2, key=0, progress=False)[0]
     assert rec.prelu_slope.shape == (2, 4, 1)
     np.testing.assert_allclose(rec.prelu_slope[:, 0], 0.25)
-    # Measured (seeds 0/1): mean slope 0.25 -> 0.41 / 0.45 after 300 steps; loss 0.60 -> 0.16.
+    # Measured (seeds 0/1): mean slope 0.25 -> 0.41 / 0.38 after 300 steps, rising at every
+    # record; minibatch loss 1.09 -> 0.066 / 0.83 -> 0.056; test accuracy 0.98 / 0.99.
     assert np.all(rec.prelu_slope[:, -1, 0] > 0.32)
     assert np.all(rec.train_loss[:, -1] < 0.6 * rec.train_loss[:, 0])
     assert np.all(rec.test_accuracy[:, -1] > 0.85)
@@ -223,7 +232,8 @@ def test_batchnorm_eval_uses_running_averages(digits):
     result = training.compare(CFG_B, digits, seeds=2, key=0, progress=False)
     rec = result[0]
     assert rec.test_accuracy_batch_stats.shape == (2, 2)
-    assert np.all(rec.test_accuracy[:, -1] > 0.5)
+    # Measured: test accuracy 0.10 -> 0.955 / 0.961 in 100 steps (0.30-0.46 without BN).
+    assert np.all(rec.test_accuracy[:, -1] > 0.8)
     m = len(digits.y_test) // 60 * 60  # batch statistics: test batches of 60, remainder dropped
     for seed in range(2):
         final = modules.ensemble_member(result.final_models[0], seed)
@@ -267,7 +277,8 @@ def test_huge_learning_rate_diverges_without_raising(digits, run_a):
     # Measured: the loss is non-finite from update 3 on, for every seed (at lr = 1e30 it stays
     # finite, ~1e31: sigmoid saturates, so that is not divergence).
     # Step 0 is recorded before any update: finite; the record after divergence is NaN.
-    assert np.all(np.isfinite(bad.test_accuracy[:, 0])) and np.all(np.isnan(bad.test_accuracy[:, 1]))
+    assert np.all(np.isfinite(bad.test_accuracy[:, 0]))
+    assert np.all(np.isnan(bad.test_accuracy[:, 1]))
     assert np.all(np.isnan(bad.act_percentiles[:, 1])) and np.all(np.isnan(bad.train_loss[:, 1]))
     # The other config is untouched: the same numbers as the first 100 steps of run A.
     np.testing.assert_array_equal(good.test_accuracy, run_a[0].test_accuracy[:, :2])

@@ -38,6 +38,31 @@ _REPRODUCTIONS = {
             "Poole 2016 / Schoenholz 2017: chi_1 and xi_c over (sigma_w^2, sigma_b^2) for tanh with "
             "the critical line; measured correlation propagation in the ordered, critical and chaotic phases.",
         ),
+        Reproduction(
+            "glorot2010-histograms",
+            "glorot2010_histograms",
+            "Glorot & Bengio 2010, Figs. 6-8: per-layer histograms at init of activations and "
+            "back-propagated gradients (and weight-gradient variances) of a 5x1000 tanh net on "
+            "Shapeset, standard U[-1/sqrt(n), 1/sqrt(n)] vs normalized (Xavier) init.",
+        ),
+        Reproduction(
+            "saxe2014-spectra",
+            "saxe2014_spectra",
+            "Saxe et al. 2014 / Pennington et al. 2017: singular values of the input-output Jacobian, "
+            "Gaussian vs orthogonal weights, linear and critical tanh, over depth (Fuss-Catalan moments, isometry).",
+        ),
+        Reproduction(
+            "yang2019-bn-gradients",
+            "yang2019_bn_gradients",
+            "Yang et al. 2019: gradient explosion at init in deep ReLU nets with batch norm; measured "
+            "per-layer growth vs batch size against the mean-field rate (-> pi/(pi-1)); no BN: rate 1.",
+        ),
+        Reproduction(
+            "selu-fixed-point",
+            "selu_fixed_point",
+            "Klambauer et al. 2017: SELU with Var[w] = 1/n drives activation mean/variance to the "
+            "fixed point (0, 1) from other starting points; tanh and ReLU do not.",
+        ),
     )
 }
 
