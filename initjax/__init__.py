@@ -1,14 +1,17 @@
 """initjax: how weight initialization, activations and batch norm shape the signal in deep networks.
 
 The public API. Implementation lives in one module per concept: ``initializers``, ``activations``,
-``gains``, ``config``, ``propagation``, ``sweeps``, ``theory``, ``plotting``, ``reproductions``,
-``cli``.
+``gains``, ``config``, ``propagation``, ``sweeps``, ``theory``, ``plotting``, ``data``,
+``modules``, ``training`` (exported as ``train``), ``reproductions``, ``cli``.
 """
 
 from initjax import activations as activations
+from initjax import data as data
 from initjax import initializers as initializers
+from initjax import modules as modules
 from initjax import plotting as plotting
 from initjax import theory as theory
+from initjax import training as train
 from initjax.config import NetworkConfig as NetworkConfig
 from initjax.gains import calculate_gain as calculate_gain
 from initjax.propagation import LayerStats as LayerStats
@@ -25,9 +28,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "activations",
+    "data",
     "initializers",
+    "modules",
     "plotting",
     "theory",
+    "train",
     "calculate_gain",
     "NetworkConfig",
     "LayerStats",

@@ -41,6 +41,11 @@ every spatial position counts as one example for the moments, histograms and cos
   ``dL/dkernel`` (the Gram identity of the engine holds for dense layers only); a Conv module
   called more than once gets NaN there (its kernel gradient sums all calls).
 
+Costs: the forward/backward pass is compiled once per architecture (probing another model of the
+same structure reuses it) and the statistics once per layer shape and activation. The pairwise
+cosines and the dense weight-gradient norm use ``rows x rows`` Gram matrices, so a layer may have
+at most :data:`MAX_ROWS` rows (batch x spatial positions).
+
 References:
   Glorot & Bengio 2010 (histograms of activations and back-propagated gradients at init, Figures
   6-8), https://proceedings.mlr.press/v9/glorot10a.html; Schoenholz et al. 2017 (signal

@@ -240,6 +240,20 @@ def test_zero_rows_and_zero_input():
     assert all(np.isfinite(v).all() for a in t for v in a)
 
 
+def test_an_overflowed_example_poisons_only_its_own_row():
+    """An inf in one example: its rows of h, dh and dx are non-finite in every layer, as in the dense
+    path, and the other examples are untouched (finite)."""
+    x = np.random.default_rng(4).normal(size=(8, 64)).astype(np.float32)
+    x[2, 7] = np.inf
+    t = _one_seed(TANH, x)
+    others = [0, 1, 3, 4, 5, 6, 7]
+    for name, i in (("h", 1), ("dh", 4), ("dx", 5)):
+        for layer, v in enumerate(t[i]):
+            if not (name == "dx" and layer == TANH.depth - 1):  # the cotangent is drawn, not computed
+                assert not np.isfinite(v[2]).any(), (name, layer)
+            assert np.isfinite(v[others]).all(), (name, layer)
+
+
 def test_dead_relu_layers_give_exact_zeros():
     """Bias -100 kills every ReLU: layer 1's output is 0, so h^l = b exactly above it, and every
     gradient below the output is exactly 0 (the output cotangent itself is not)."""

@@ -7,6 +7,7 @@ Shapes are few and small on purpose: every new shape is an XLA compile.
 """
 
 import functools
+import importlib
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,9 @@ from flax import nnx
 from initjax import NetworkConfig, plotting, propagate_shared, trace
 from initjax.modules import MLP, PlainCNN, create_ensemble, ensemble_member
 from initjax.probe import ProbeResult, find_layers, probe, probe_linen
+
+# the module itself (initjax/__init__ may export the function probe under the same name)
+probe_module = importlib.import_module("initjax.probe")
 
 WIDTH, BATCH, DEPTH = 32, 8, 3
 
@@ -235,11 +239,15 @@ def test_norm_after_residual_and_batch_norm_modes():
     assert not np.allclose(*moments, rtol=1e-3)
 
 
-def test_find_layers_and_plots(tanh_mlp):
+def test_find_layers_plots_and_no_recompile(tanh_mlp):
     readout = MLP(WIDTH, (WIDTH,), 4, activation="tanh", rngs=_rngs(0))
     assert find_layers(readout, _x()) == ("layers.0", "readout")
     res = probe(tanh_mlp, _x())
     assert isinstance(res, ProbeResult) and res.nonfinite_layers == []
+    # the same architecture again (another instance, other weights): no new compiled program
+    compiled = probe_module._tensors_of._cache_size()
+    probe(MLP(WIDTH, (WIDTH,) * DEPTH, activation="tanh", rngs=_rngs(8)), _x(2))
+    assert probe_module._tensors_of._cache_size() == compiled
     axes = plotting.hist_strip(res)
     assert len(axes) == DEPTH
     plotting.variance_curves([res], "grad_preact_var")
