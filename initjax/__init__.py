@@ -2,7 +2,8 @@
 
 The public API. Implementation lives in one module per concept: ``initializers``, ``activations``,
 ``gains``, ``config``, ``propagation``, ``sweeps``, ``theory``, ``plotting``, ``data``,
-``modules``, ``training`` (exported as ``train``), ``reproductions``, ``cli``.
+``modules``, ``probing`` (``probe``), ``lsuv``, ``training`` (exported as ``train``),
+``reproductions``, ``cli``.
 """
 
 from initjax import activations as activations
@@ -13,7 +14,11 @@ from initjax import plotting as plotting
 from initjax import theory as theory
 from initjax import training as train
 from initjax.config import NetworkConfig as NetworkConfig
+from initjax import lsuv as lsuv
 from initjax.gains import calculate_gain as calculate_gain
+from initjax.probing import ProbeResult as ProbeResult
+from initjax.probing import probe as probe
+from initjax.probing import probe_linen as probe_linen
 from initjax.propagation import LayerStats as LayerStats
 from initjax.propagation import NonFiniteWarning as NonFiniteWarning
 from initjax.propagation import Propagation as Propagation
@@ -35,6 +40,10 @@ __all__ = [
     "theory",
     "train",
     "calculate_gain",
+    "lsuv",
+    "probe",
+    "probe_linen",
+    "ProbeResult",
     "NetworkConfig",
     "LayerStats",
     "NonFiniteWarning",

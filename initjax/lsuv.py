@@ -29,7 +29,7 @@ from flax import nnx
 
 from initjax import initializers as _initializers
 from initjax._checks import check_float, check_int
-from initjax.probe import _discover, _layer_modules, _nnx_setup, _NNXRunner, _path_name, _to_key
+from initjax.probing import _discover, _layer_modules, _nnx_setup, _NNXRunner, _path_name, _to_key
 
 __all__ = ["LSUVReport", "lsuv"]
 

@@ -130,7 +130,8 @@ def variance_curves(
     ``band`` quantiles over seeds (10%-90% by default), on a log axis by default.
 
     Args:
-      results: one or several :class:`~initjax.Propagation`.
+      results: one or several results with ``.stats`` (:class:`~initjax.Propagation`,
+        :class:`~initjax.ProbeResult`).
       stat: a :class:`~initjax.LayerStats` field with axes (seed, layer), e.g. ``"act_var"``,
         ``"grad_preact_var"``, ``"weight_grad_var"``.
       labels: curve labels (default: the configs' names).
@@ -139,7 +140,7 @@ def variance_curves(
     Layers whose value is non-finite (or <= 0 on a log axis) in some seed are left out of the curve
     and marked with a red ``x`` at the top, and the label says how many such points there were.
     """
-    if isinstance(results, Propagation):
+    if hasattr(results, "stats"):  # one result (a Propagation, a ProbeResult, ...)
         results = [results]
     results = list(results)
     if ax is None:

@@ -18,10 +18,10 @@ from flax import nnx
 
 from initjax import NetworkConfig, plotting, propagate_shared, trace
 from initjax.modules import MLP, PlainCNN, create_ensemble, ensemble_member
-from initjax.probe import ProbeResult, find_layers, probe, probe_linen
+from initjax.probing import ProbeResult, find_layers, probe, probe_linen
 
 # the module itself (initjax/__init__ may export the function probe under the same name)
-probe_module = importlib.import_module("initjax.probe")
+probe_module = importlib.import_module("initjax.probing")
 
 WIDTH, BATCH, DEPTH = 32, 8, 3
 
