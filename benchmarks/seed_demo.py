@@ -6,7 +6,8 @@
 The five Gaussian schemes of the demo (tanh with std 0.01, 1 and Xavier; ReLU with Xavier and He).
 numpy: for each scheme, a fresh float32 draw per layer (``default_rng().standard_normal``), the
 forward pass, an N(0, 1) cotangent back-propagated, and the weight gradient's variance formed
-explicitly, as a plain script would. initjax: ``propagate_shared`` over the five schemes (one draw
+explicitly, as a plain script would. PyTorch eager (if installed: ``pip install -e ".[bench]"``):
+the same with ``torch.randn`` and autograd. initjax: ``propagate_shared`` over the five schemes (one draw
 per layer shared by the schemes, all of :class:`~initjax.LayerStats` measured). The time per seed is
 marginal: (time of S2 seeds - time of S1 seeds) / (S2 - S1), after a warm-up call that compiles;
 compile time is reported separately. Prints seconds per seed and the ratio.
@@ -64,6 +65,31 @@ def time_numpy(width, depth, batch, seeds, backward) -> float:
     return (time.perf_counter() - start) / seeds
 
 
+def torch_seed(width: int, depth: int, batch: int) -> float:
+    """One seed of the five schemes in PyTorch eager, forward and backward with autograd."""
+    import torch
+
+    total = 0.0
+    for act, _, std in SCHEMES:
+        x = torch.randn(batch, width)
+        ws = [(torch.randn(width, width) * std(width)).requires_grad_() for _ in range(depth)]
+        h = x
+        for w in ws:
+            h = h @ w
+            h = torch.tanh(h) if act == "tanh" else torch.relu(h)
+        h.backward(torch.randn(batch, width))
+        total += sum(float(w.grad.var()) for w in ws) + float(h.detach().var())
+    return total
+
+
+def time_torch(width, depth, batch, seeds) -> float:
+    torch_seed(width, depth, batch)  # warm up
+    start = time.perf_counter()
+    for _ in range(seeds):
+        torch_seed(width, depth, batch)
+    return (time.perf_counter() - start) / seeds
+
+
 def time_initjax(width, depth, batch, s1, s2) -> tuple[float, float]:
     configs = [NetworkConfig(depth=depth, width=width, batch=batch, init=init, activation=act) for act, init, _ in SCHEMES]
     start = time.perf_counter()
@@ -89,6 +115,10 @@ def main() -> None:
     np_fwd = time_numpy(a.width, a.depth, a.batch, a.numpy_seeds, backward=False)
     np_full = time_numpy(a.width, a.depth, a.batch, a.numpy_seeds, backward=True)
     ij, compile_s = time_initjax(a.width, a.depth, a.batch, *a.seeds)
+    try:
+        pt = time_torch(a.width, a.depth, a.batch, a.numpy_seeds)
+    except ImportError:
+        pt = float("nan")
     result = {
         "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
@@ -99,8 +129,10 @@ def main() -> None:
         "numpy_forward_s_per_seed": np_fwd,
         "numpy_forward_backward_s_per_seed": np_full,
         "initjax_forward_backward_s_per_seed": ij,
+        "torch_forward_backward_s_per_seed": pt,
         "initjax_compile_s": compile_s,
         "speedup_vs_numpy_forward_backward": np_full / ij,
+        "speedup_vs_torch": pt / ij,
     }
     if a.json:
         print(json.dumps(result, indent=2))
@@ -109,8 +141,10 @@ def main() -> None:
     print(f"classic demo, {len(SCHEMES)} schemes, {a.depth} layers x {a.width}, batch {a.batch}; seconds per seed:")
     print(f"  numpy loop, forward only         {np_fwd:8.3f}")
     print(f"  numpy loop, forward + backward   {np_full:8.3f}")
+    print(f"  PyTorch eager, forward + backward {pt:7.3f}")
     print(f"  initjax, forward + backward      {ij:8.3f}   (compile {compile_s:.1f} s, once)")
     print(f"  ratio numpy / initjax (fwd+bwd)  {np_full / ij:8.2f}x")
+    print(f"  ratio PyTorch / initjax          {pt / ij:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from initjax import propagation as P
 from initjax.fastpath import fast_applicable, fast_seed_tensors
 
 OPTS = P._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", False, 0.01)
-KEY = jax.random.key(0, impl="philox2x32")  # the engine's default PRNG; threefry compiles 8x slower here
+# the engine's default PRNG; threefry's normals compiled 8x slower here
+KEY = jax.random.key(0, impl="philox2x32")
 SEEDS = 200
 FAST_START, DENSE_START = 0, 10_000  # disjoint seed sets for the two paths
 FIELDS = ("act_var", "cosine", "grad_preact_var", "weight_grad_var")
@@ -47,8 +48,9 @@ def _dense_one(config, k, x):
 @functools.lru_cache(maxsize=None)
 def _stats_program(config):
     """One compiled ``_stats_of_layers`` per config, shared by both paths (same tensor shapes)."""
-    example = jax.eval_shape(jax.vmap(functools.partial(_fast_one, config, x=None)), _keys(0, SEEDS))
-    return _compile(jax.vmap(functools.partial(P._stats_of_layers, config.activation, OPTS)), *example)
+    example = jax.eval_shape(jax.vmap(lambda k: _fast_one(config, k, None)), _keys(0))
+    stats = functools.partial(P._stats_of_layers, config.activation, OPTS)
+    return _compile(jax.vmap(stats), *example)
 
 
 def _per_seed_stats(config, one, start: int):
@@ -158,7 +160,8 @@ DUPLICATED = np.tile(np.random.default_rng(0).normal(size=(4, 64)), (2, 1)).asty
     [
         (TANH, None),
         (TANH, DUPLICATED),  # rank 4 < batch 8
-        (small(width=8, batch=16, init="he_normal", activation="relu"), None),  # batch > width: P = I
+        # batch > width: P = I, W is fixed by the forward pass
+        (small(width=8, batch=16, init="he_normal", activation="relu"), None),
     ],
     ids=["tanh", "duplicated-rows", "batch>width"],
 )
@@ -181,7 +184,8 @@ def test_the_conditioning_test_can_fail(monkeypatch):
     orig = fastpath._linear_backward
 
     def fresh_g(keys, layer, dh, vt, g, std, n_in):
-        g2 = jax.random.normal(jax.random.fold_in(keys.weights, 10_000 + layer), g.shape, g.dtype) * std
+        k_new = jax.random.fold_in(keys.weights, 10_000 + layer)
+        g2 = jax.random.normal(k_new, g.shape, g.dtype) * std
         return orig(keys, layer, dh, vt, g2, std, n_in)
 
     monkeypatch.setattr(fastpath, "_linear_backward", fresh_g)
@@ -194,12 +198,15 @@ def test_batch_of_one_is_norm_times_a_gaussian():
     """B = 1: the basis is x/|x|, so h = |x| G with G the layer's N(0, s^2) draw, to rounding; and
     h/(s |x|) over 16384 units passes a KS test against N(0, 1)."""
     s, n = 0.5, 16384
-    config = NetworkConfig(depth=1, width=n, in_width=32, batch=1, init=f"normal:stddev={s}", activation="identity")
+    config = NetworkConfig(
+        depth=1, width=n, in_width=32, batch=1, init=f"normal:stddev={s}", activation="identity"
+    )
     x = np.random.default_rng(1).normal(size=(1, 32)).astype(np.float32)
     k = _keys(7, 1)[0]
     h = np.asarray(jax.jit(lambda k, x: fast_seed_tensors(config, OPTS, k, x)[1])(k, x))[0, 0]
     keys = P._split_seed_key(k)
-    g = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(keys.weights, 0), 0), (1, n)))[0]
+    k_g = jax.random.fold_in(jax.random.fold_in(keys.weights, 0), 0)  # layer 0, tag G
+    g = np.asarray(jax.random.normal(k_g, (1, n)))[0]
     norm = np.linalg.norm(x.astype(np.float64))
     np.testing.assert_allclose(np.abs(h), norm * s * np.abs(g), rtol=1e-5, atol=1e-6)
     assert sps.kstest(h / (s * norm), "norm").pvalue > 0.01
@@ -210,12 +217,14 @@ def test_first_layer_covariance_is_s2_x_xt():
     within 5 standard errors, sd(C_bc) = sqrt((S_bb S_cc + S_bc^2) / n_out). X has rank 2 (row 2 is
     row 0 + row 1) and a zero row, whose covariance entries must be exactly 0."""
     s, n_out = 0.3, 8192
-    config = NetworkConfig(depth=1, width=n_out, in_width=24, batch=4, init=f"normal:stddev={s}", activation="tanh")
+    config = NetworkConfig(
+        depth=1, width=n_out, in_width=24, batch=4, init=f"normal:stddev={s}", activation="tanh"
+    )
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(2, 24))
     x = np.stack([a, b, a + b, np.zeros(24)]).astype(np.float32)
-    h = np.asarray(jax.jit(lambda k, x: fast_seed_tensors(config, OPTS, k, x)[1])(_keys(5, 1)[0], x))[0]
-    h = h.astype(np.float64)
+    first_h = jax.jit(lambda k, x: fast_seed_tensors(config, OPTS, k, x)[1])
+    h = np.asarray(first_h(_keys(5, 1)[0], x))[0].astype(np.float64)
     cov = h @ h.T / n_out
     x64 = x.astype(np.float64)
     sigma = s**2 * x64 @ x64.T
@@ -241,15 +250,15 @@ def test_zero_rows_and_zero_input():
 
 
 def test_an_overflowed_example_poisons_only_its_own_row():
-    """An inf in one example: its rows of h, dh and dx are non-finite in every layer, as in the dense
-    path, and the other examples are untouched (finite)."""
+    """An inf in one example: its rows of h, dh and dx are non-finite in every layer, as in the
+    dense path, and the other examples are untouched (finite)."""
     x = np.random.default_rng(4).normal(size=(8, 64)).astype(np.float32)
     x[2, 7] = np.inf
     t = _one_seed(TANH, x)
     others = [0, 1, 3, 4, 5, 6, 7]
     for name, i in (("h", 1), ("dh", 4), ("dx", 5)):
         for layer, v in enumerate(t[i]):
-            if not (name == "dx" and layer == TANH.depth - 1):  # the cotangent is drawn, not computed
+            if not (name == "dx" and layer == TANH.depth - 1):  # the drawn output cotangent
                 assert not np.isfinite(v[2]).any(), (name, layer)
             assert np.isfinite(v[others]).all(), (name, layer)
 
@@ -278,13 +287,21 @@ def test_a_seed_does_not_depend_on_its_neighbours():
     for s in (0, 3, 199):
         a = single(_keys(s, 1)[0], None)
         again = single(_keys(s, 1)[0], None)
-        for u, v, w in zip(jax.tree.leaves(a), jax.tree.leaves(batched), jax.tree.leaves(again), strict=True):
+        leaves = zip(*(jax.tree.leaves(t) for t in (a, batched, again)), strict=True)
+        for u, v, w in leaves:
             np.testing.assert_array_equal(u, w)
             np.testing.assert_allclose(u, v[s], rtol=1e-5, atol=1e-6 * np.abs(u).max())
 
 
 # --- applicability -------------------------------------------------------------------------------
-APPLICABLE = ["normal", "normal:stddev=0.01", "he_normal", "xavier_normal", "lecun_normal", "glorot_normal"]
+APPLICABLE = [
+    "normal",
+    "normal:stddev=0.01",
+    "he_normal",
+    "xavier_normal",
+    "lecun_normal",
+    "glorot_normal",
+]
 NOT_APPLICABLE = [
     "orthogonal",
     "uniform",
@@ -318,3 +335,12 @@ def test_fast_applicable_other_refusals():
     assert "cannot fill" in fast_applicable(small(init="sparse:k=100"))  # k > fan_in
     with pytest.raises(TypeError):
         fast_applicable("he_normal")
+
+
+def test_memory_estimate_has_no_weight_matrix():
+    """Width 8192, depth 20, batch 16: the kept (batch, width) tensors dominate, with no n x n
+    buffer, so the estimate is a tenth of the dense one (whose 4 matrix buffers are 1 GiB)."""
+    config = small(width=8192, depth=20, batch=16)
+    kept = 8 * 16 * 8192 * 21 * 4
+    assert kept < fastpath.fast_estimate_memory(config) < 1.5 * kept
+    assert fastpath.fast_estimate_memory(config) * 8 < P.estimate_memory(config)

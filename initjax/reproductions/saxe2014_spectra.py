@@ -35,6 +35,7 @@ float32 resolves.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -58,10 +59,16 @@ class Case(NamedTuple):
     input_variance: float
 
 
-def _gauss(f, q: float, n: int = 160) -> float:
-    """E f(sqrt(q) z), z ~ N(0, 1), float64 Gauss-Hermite (f smooth)."""
+@functools.lru_cache(maxsize=None)
+def _hermite_nodes(n: int = 160) -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.hermite_e.hermegauss(n)
-    return float(np.sum(w * f(math.sqrt(q) * x)) / math.sqrt(2 * math.pi))
+    return x, w / math.sqrt(2 * math.pi)
+
+
+def _gauss(f, q: float) -> float:
+    """E f(sqrt(q) z), z ~ N(0, 1), float64 Gauss-Hermite (f smooth)."""
+    x, w = _hermite_nodes()
+    return float(np.sum(w * f(math.sqrt(q) * x)))
 
 
 def _dtanh(u):
@@ -72,8 +79,13 @@ def critical_tanh(sigma_w2: float = TANH_SIGMA_W2) -> dict[str, float]:
     """The point on tanh's critical line with this sigma_w2: q* from ``sigma_w2 E[tanh'^2] = 1``
     (bisection; ``E[tanh'(sqrt(q) z)^2]`` decreases in q), then ``sigma_b2 = q* - sigma_w2 E[tanh^2]``
     from the fixed-point equation; and kappa of the free-probability spread."""
+    return dict(_critical_tanh(float(sigma_w2)))
+
+
+@functools.lru_cache(maxsize=8)
+def _critical_tanh(sigma_w2: float) -> tuple[tuple[str, float], ...]:
     lo, hi = 1e-12, 10.0
-    for _ in range(200):
+    for _ in range(80):  # log-bisection: 80 halvings of a 1e13 bracket reach float64 precision
         mid = math.sqrt(lo * hi)
         if sigma_w2 * _gauss(lambda u: _dtanh(u) ** 2, mid) > 1:
             lo = mid
@@ -83,8 +95,8 @@ def critical_tanh(sigma_w2: float = TANH_SIGMA_W2) -> dict[str, float]:
     sigma_b2 = q - sigma_w2 * _gauss(lambda u: np.tanh(u) ** 2, q)
     chi = sigma_w2 * _gauss(lambda u: _dtanh(u) ** 2, q)
     kappa = sigma_w2**2 * _gauss(lambda u: _dtanh(u) ** 4, q) / chi**2 - 1
-    return {"sigma_w2": sigma_w2, "sigma_b2": sigma_b2, "q_star": q, "chi_1": chi, "kappa": kappa,
-            "input_variance": (q - sigma_b2) / sigma_w2}
+    return (("sigma_w2", sigma_w2), ("sigma_b2", sigma_b2), ("q_star", q), ("chi_1", chi), ("kappa", kappa),
+            ("input_variance", (q - sigma_b2) / sigma_w2))
 
 
 def cases() -> list[Case]:

@@ -1,0 +1,68 @@
+"""Smoke tests of the init/activation/BN reproductions in their ``--quick`` mode.
+
+Each runs end to end (compiles included, so these are the slow tests of the suite) and must write
+``report.json`` with status ``"done"``, its figures (PNG and PDF), data and ``report.md``, with every
+check passing, except the findings that do not reproduce, which are listed here with the reason:
+the test fails if one of them starts to pass as well as if any other check fails, so the list and
+the reports stay true.
+"""
+
+import json
+
+import pytest
+
+from initjax import reproductions
+from initjax.cli import main
+
+# name -> files every run must write
+EXPECTED_FILES = {
+    "glorot2010-histograms": (
+        "fig6-activations.png", "fig6-activations.pdf", "fig7-gradients.png", "fig7-gradients.pdf",
+        "fig8-weight-gradients.png", "fig8-weight-gradients.pdf",
+        "mean_field.npz", "data/standard/stats.npz", "data/normalized/stats.npz",
+    ),
+    "saxe2014-spectra": ("spectra.png", "spectra.pdf", "spread.png", "spread.pdf", "spectra.npz"),
+    "yang2019-bn-gradients": ("bn-gradients.png", "bn-gradients.pdf", "data/bn-B4/stats.npz", "data/no-bn-B16/stats.npz"),
+    "selu-fixed-point": (
+        "fixed-point.png", "fixed-point.pdf", "selu-trajectories.png", "selu-trajectories.pdf",
+        "data/selu-mean1-var1/stats.npz",
+    ),
+}
+
+# Findings that do not reproduce (see each report.md). Glorot & Bengio 2010 describe the
+# back-propagated gradients under normalized init as roughly constant across layers (their
+# linear-regime argument); on Shapeset pixels in [-1, 1] tanh' < 1 removes ~20% of the gradient
+# variance per layer (predicted by the mean field, which the measurement matches), so the
+# bottom/top ratio is ~0.3-0.4, outside [1/2, 2].
+KNOWN_FAILURES = {
+    "glorot2010-histograms": {"normalized (Fig. 7 bottom)"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
+def test_quick_reproduction(tmp_path, name):
+    report = reproductions.run(name, tmp_path, quick=True, progress=False)
+    assert report["status"] == "done"
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["status"] == "done" and saved["name"] == name
+    failed = {c["check"] for c in saved["checks"] if not c["pass"]}
+    known = KNOWN_FAILURES.get(name, set())
+    unexpected = {c for c in failed if not any(c.startswith(k) for k in known)}
+    assert not unexpected, unexpected
+    for k in known:
+        assert any(c.startswith(k) for c in failed), f"{k!r} now passes: update KNOWN_FAILURES and the report"
+    assert saved["all_pass"] == (not failed)
+    for c in saved["checks"]:
+        assert {"check", "measured", "pass"} <= set(c)
+    for f in ("report.md", *EXPECTED_FILES[name]):
+        assert (tmp_path / f).exists(), f
+    text = (tmp_path / "report.md").read_text()
+    assert ("**FAIL**" in text) == bool(failed)
+
+
+def test_listed_in_cli(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in EXPECTED_FILES:
+        assert name in listed
+        assert reproductions.get(name).name == name
