@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-correlation", type=float, default=0.0)
     p.add_argument("--cotangent", choices=COTANGENTS, default="normal", help="output gradient (default N(0, 1))")
     p.add_argument("--bins", type=int, default=40)
+    p.add_argument("--method", choices=("dense", "fast"), default="dense",
+                   help="dense: sample weight matrices; fast: exact O(batch x width) sampling for Gaussian weights")
+    p.add_argument("--memory-budget", type=float, default=None, help="bytes of temporaries per chunk (default 2 GiB)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", type=Path, default=None, help="write data and figures into this directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -132,7 +135,7 @@ def _format_table(result) -> str:
 def _cmd_propagate(args: argparse.Namespace) -> int:
     from initjax import _io, plotting
     from initjax.config import NetworkConfig
-    from initjax.propagation import NonFiniteWarning, propagate
+    from initjax.propagation import FallbackWarning, NonFiniteWarning, propagate
 
     config = NetworkConfig(
         depth=args.depth,
@@ -149,9 +152,10 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWarning)
+        warnings.simplefilter("always", FallbackWarning)
         result = propagate(
             config, args.seeds, args.key, cotangent=args.cotangent, bins=args.bins,
-            progress=False if args.quiet else None,
+            progress=False if args.quiet else None, method=args.method, memory_budget=args.memory_budget,
         )
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)

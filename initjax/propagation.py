@@ -60,11 +60,14 @@ __all__ = [
     "trace",
     "histogram",
     "COTANGENTS",
+    "METHODS",
+    "FallbackWarning",
     "PRNG_IMPLS",
     "estimate_memory",
 ]
 
 COTANGENTS = ("normal", "mse", "xent")
+METHODS = ("dense", "fast")
 _DEFAULT_BUDGET = 2 * 2**30  # bytes of temporaries per chunk of seeds; INITJAX_MEMORY_BUDGET overrides
 
 
@@ -206,6 +209,7 @@ class _Opts(NamedTuple):
     cotangent: str
     remat: bool
     saturation_tolerance: float
+    method: str = "dense"  # "dense": sampled weight matrices; "fast": initjax.fastpath
 
 
 def _layer_stats(act: Any, opts: _Opts, h, y, out, dh, da, x_prev) -> dict[str, jax.Array]:
@@ -443,6 +447,10 @@ def measure_layers(
 
 def _seed_stats(configs, opts: _Opts, seed_key: jax.Array, inputs: jax.Array | None, shared: bool):
     """A tuple with one :class:`LayerStats` (no seed axis) per config of the group."""
+    if opts.method == "fast":
+        from initjax import fastpath  # fastpath builds on this module
+
+        return (fastpath.fast_seed_stats(configs[0], opts, seed_key, inputs),)
     return tuple(
         _stats_of_layers(config.activation, opts, *tensors)
         for config, tensors in zip(configs, _seed_tensors(configs, opts, seed_key, inputs, shared), strict=True)
@@ -558,6 +566,7 @@ class Propagation:
       cotangent: how the output gradient was drawn (see :data:`COTANGENTS`).
       prng_impl: the PRNG implementation that drew every random number.
       seconds: wall time of the run (compile included).
+      method: ``"dense"`` or ``"fast"`` (see :func:`propagate`).
     """
 
     config: NetworkConfig
@@ -568,6 +577,7 @@ class Propagation:
     cotangent: str = "normal"
     prng_impl: str = "threefry2x32"
     seconds: float = float("nan")
+    method: str = "dense"
 
     @property
     def seeds(self) -> int:
@@ -611,6 +621,7 @@ class Propagation:
             "key": self.key,
             "cotangent": self.cotangent,
             "prng_impl": self.prng_impl,
+            "method": self.method,
             "layers": self.layer_table(),
         }
 
@@ -623,6 +634,7 @@ class Propagation:
             "key": self.key,
             "cotangent": self.cotangent,
             "prng_impl": self.prng_impl,
+            "method": self.method,
             "seconds": self.seconds,
             "seeds": self.seeds,
         }
@@ -652,6 +664,7 @@ class Propagation:
             cotangent=meta.get("cotangent", "normal"),
             prng_impl=meta.get("prng_impl", "threefry2x32"),
             seconds=float("nan") if seconds is None else float(seconds),
+            method=meta.get("method", "dense"),
         )
 
 
@@ -720,6 +733,7 @@ def propagate(
     progress: bool | None = None,
     seed_offset: int = 0,
     devices: int | str | None = None,
+    method: str = "dense",
 ) -> Propagation:
     """Measure per-layer activation and gradient statistics of ``seeds`` sampled networks.
 
@@ -746,6 +760,10 @@ def propagate(
         (``"rbg"``/``"unsafe_rbg"`` do not, so they are refused).
       progress: show a progress bar (default: only if stderr is a terminal and seeds > 1 chunk).
       seed_offset: the first seed index (seeds ``seed_offset .. seed_offset + seeds - 1``).
+      method: ``"dense"`` (default) samples every weight matrix; ``"fast"`` samples each layer's
+        outputs and gradients exactly in distribution with O(batch x width) random numbers
+        (:mod:`initjax.fastpath`, i.i.d. zero-mean Gaussian weights only). Where the fast path does
+        not apply, the dense path runs instead and a :class:`FallbackWarning` says why.
       devices: split the seeds of each chunk over this many devices (or ``"all"``) with
         ``jax.shard_map`` on a one-axis mesh; None uses the default device. Every seed draws the
         same random numbers as on one device and its statistics agree to float summation order
@@ -764,7 +782,7 @@ def propagate(
         act_range=act_range, grad_range=grad_range, bins=bins,
         saturation_tolerance=saturation_tolerance, chunk_size=chunk_size,
         memory_budget=memory_budget, remat=remat, jit=jit, prng_impl=prng_impl,
-        progress=progress, seed_offset=seed_offset, devices=devices,
+        progress=progress, seed_offset=seed_offset, devices=devices, method=method,
     )[0]
 
 
@@ -831,6 +849,7 @@ def _propagate(
     progress: bool | None = None,
     seed_offset: int = 0,
     devices: int | str | None = None,
+    method: str = "dense",
 ) -> list[Propagation]:
     import time
 
@@ -849,12 +868,26 @@ def _propagate(
         remat=bool(remat),
         saturation_tolerance=check_float("saturation_tolerance", saturation_tolerance, minimum=0.0),
     )
+    check_choice("method", method, METHODS)
+    if method == "fast":
+        from initjax import fastpath
+
+        reason = "propagate_shared draws weight matrices" if shared else fastpath.fast_applicable(configs[0])
+        if reason is None:
+            opts = opts._replace(method="fast")
+        else:
+            method = "dense"
+            warnings.warn(f"method='fast' does not apply ({reason}); running the dense path",
+                          FallbackWarning, stacklevel=3)
     base_key = _as_key(key, prng_impl)
     impl_name = str(jax.random.key_impl(base_key))
     first = configs[0]
     x = _check_inputs(first, inputs, seeds)
 
-    per_seed = estimate_memory(first, remat=remat, group=len(configs))
+    if method == "fast":
+        per_seed = fastpath.fast_estimate_memory(first)
+    else:
+        per_seed = estimate_memory(first, remat=remat, group=len(configs))
     budget = _memory_budget(memory_budget)
     if chunk_size is None:
         if per_seed > budget:
@@ -890,6 +923,7 @@ def _propagate(
             cotangent=cotangent,
             prng_impl=impl_name,
             seconds=seconds / len(configs),
+            method=method,
         )
         bad = result.nonfinite_layers
         if bad:
@@ -906,6 +940,10 @@ def _propagate(
 
 class NonFiniteWarning(RuntimeWarning):
     """A propagation produced inf or NaN values (measured and reported, not an error)."""
+
+
+class FallbackWarning(UserWarning):
+    """``method="fast"`` was asked for a network it does not apply to; the dense path ran."""
 
 
 def _run_chunks(configs, opts, keys, x, chunk_size, progress, shared, lanes, n_devices) -> list[LayerStats]:

@@ -329,3 +329,27 @@ def test_seeds_sharded_over_four_devices_match_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_fast_method_is_used_and_falls_back_with_a_reason():
+    """The fast path's distributional tests live in test_fastpath.py; here: propagate wires it in,
+    records it, agrees with dense on the mean-field quantities, and falls back where it cannot."""
+    import warnings
+
+    from initjax.propagation import FallbackWarning
+
+    config = NetworkConfig(depth=4, width=256, batch=8, init="he_normal", activation="relu")
+    fast = propagate(config, seeds=16, method="fast")
+    dense = propagate(config, seeds=16)
+    assert fast.method == "fast" and dense.method == "dense"
+    # q^l = 2 for ReLU + He in both; seed means within 5 standard errors of each other
+    a, b = (np.asarray(r.stats.preact_second_moment, np.float64) for r in (fast, dense))
+    se = np.sqrt(a.var(0, ddof=1) / 16 + b.var(0, ddof=1) / 16)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 5 * se)
+    with pytest.warns(FallbackWarning, match="orthogonal"):
+        r = propagate(config.replace(init="orthogonal"), seeds=1, method="fast")
+    assert r.method == "dense"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="method must be one of"):
+            propagate(config, method="magic")
