@@ -191,7 +191,7 @@ def _weight_grad_stats(x_prev: jax.Array, delta: jax.Array) -> tuple[jax.Array, 
     sx = jnp.maximum(jnp.max(jnp.abs(x)), jnp.float32(1e-30))
     sd = jnp.maximum(jnp.max(jnp.abs(d)), jnp.float32(1e-30))
     xs, ds = x / sx, d / sd
-    n_entries = x.shape[1] * d.shape[1]
+    n_entries = float(x.shape[1]) * float(d.shape[1])  # a Python float: 65536^2 overflows int32
     sq = jnp.sum((xs @ xs.T) * (ds @ ds.T))
     total = jnp.sum(xs.sum(axis=1) * ds.sum(axis=1))
     mean = total / n_entries
