@@ -1,4 +1,4 @@
-"""Yang et al. 2019: batch norm makes gradients explode at initialization, at a rate set by the batch.
+"""Yang et al. 2019: batch norm makes gradients explode at initialization at a rate set by the batch.
 
 A deep fully connected ReLU network with batch norm in training mode before every activation
 (``x^l = relu(BN(x^{l-1} W^l))``, He-normal weights, no biases, gamma 1, beta 0) back-propagates
@@ -72,14 +72,16 @@ def growth_rate(result: Propagation, lo: int, hi: int, heavy_tail: bool = False)
     return {"rate": rate, "rel_se": se, "per_layer": (g[:, :-1] / g[:, 1:]).mean(0).tolist()}
 
 
-def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+def run(
+    out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
+) -> dict[str, Any]:
     """Measure the growth rates, write figures, data, ``report.json`` and ``report.md``."""
     out = Path(out)
     t0 = time.perf_counter()
     batches, width, depth, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (its tolerances come from the seed spread), got {seeds}")
+        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances come from the seed spread), got {seeds}")
     _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
     results: dict[int, tuple[Propagation, Propagation]] = {}
     for b in batches:
@@ -103,29 +105,36 @@ def _report(quick, seeds, batches, width, depth, results, seconds) -> dict[str, 
         m = growth_rate(bn, lo, hi, heavy_tail=b <= 5)
         p = growth_rate(plain, lo, hi)
         pred = theory.batchnorm_gradient_rate(b, "relu")
-        rows.append({"batch": b, "rate": m["rate"], "rel_se": m["rel_se"], "predicted": pred,
-                     "closed_form": theory.relu_batchnorm_gradient_rate(b), "per_layer": m["per_layer"],
-                     "no_bn_rate": p["rate"], "no_bn_rel_se": p["rel_se"], "no_bn_per_layer": p["per_layer"],
-                     "nonfinite_layers": bn.nonfinite_layers})
+        rows.append({
+            "batch": b, "rate": m["rate"], "rel_se": m["rel_se"], "predicted": pred,
+            "closed_form": theory.relu_batchnorm_gradient_rate(b), "per_layer": m["per_layer"],
+            "no_bn_rate": p["rate"], "no_bn_rel_se": p["rel_se"], "no_bn_per_layer": p["per_layer"],
+            "nonfinite_layers": bn.nonfinite_layers,
+        })
         tol = 5 * m["rel_se"] + allowance
         checks.append({
-            "check": f"BN, B = {b}: growth per layer = lambda(B) = {pred:.4f} (relative, 5 SE + 2 / width"
-                     + (", heavy-tailed SE" if b <= 5 else "") + ")",
+            "check": f"BN, B = {b}: growth per layer = lambda(B) = {pred:.4f} "
+                     "(relative, 5 SE + 2 / width" + (", heavy-tailed SE" if b <= 5 else "") + ")",
             "measured": m["rate"], "tolerance": tol, "pass": abs(m["rate"] / pred - 1) <= tol,
         })
     rates = [r["rate"] for r in rows]
+    listed = ", ".join(f"{x:.3f}" for x in rates)
     checks.append({"check": "BN: gradients explode (rate > 1) at every batch size",
-                   "measured": ", ".join(f"{x:.3f}" for x in rates), "pass": all(x > 1 for x in rates)})
+                   "measured": listed, "pass": all(x > 1 for x in rates)})
     checks.append({"check": "BN: the rate decreases with the batch size",
-                   "measured": ", ".join(f"{x:.3f}" for x in rates), "pass": bool(np.all(np.diff(rates) < 0))})
+                   "measured": listed, "pass": bool(np.all(np.diff(rates) < 0))})
     for r in rows:
         tol = 5 * r["no_bn_rel_se"] + allowance
-        checks.append({"check": f"no BN (He init), B = {r['batch']}: growth per layer = 1 (5 SE + 2 / width)",
-                       "measured": r["no_bn_rate"], "tolerance": tol, "pass": abs(r["no_bn_rate"] - 1) <= tol})
-    return {"name": NAME, "status": "done", "quick": quick, "seeds": seeds, "width": width, "depth": depth,
-            "layers_used": [lo + 1, hi + 1], "large_batch_limit": LARGE_BATCH, "seconds": seconds,
-            "prng_impl": results[batches[0]][0].prng_impl, "batches": rows, "checks": checks,
-            "all_pass": all(c["pass"] for c in checks)}
+        checks.append({
+            "check": f"no BN (He init), B = {r['batch']}: growth per layer = 1 (5 SE + 2 / width)",
+            "measured": r["no_bn_rate"], "tolerance": tol, "pass": abs(r["no_bn_rate"] - 1) <= tol,
+        })
+    return {
+        "name": NAME, "status": "done", "quick": quick, "seeds": seeds, "width": width,
+        "depth": depth, "layers_used": [lo + 1, hi + 1], "large_batch_limit": LARGE_BATCH,
+        "seconds": seconds, "prng_impl": results[batches[0]][0].prng_impl, "batches": rows,
+        "checks": checks, "all_pass": all(c["pass"] for c in checks),
+    }
 
 
 def _figures(out: Path, batches, results, report) -> None:
@@ -136,17 +145,19 @@ def _figures(out: Path, batches, results, report) -> None:
     plotting.variance_curves(runs, "grad_preact_var", ax=ax_g, labels=labels)
     lo, hi = report["layers_used"]
     ax_g.axvspan(lo, hi, color="0.93", zorder=0)
-    ax_g.set_title(f"Var[dL/dh] per layer (grey: layers {lo}-{hi} used for the rate)", fontsize=9)
+    ax_g.set_title(f"Var[dL/dh] per layer (grey: layers {lo}-{hi} give the rate)", fontsize=9)
 
     grid = np.unique(np.round(np.geomspace(4, 4 * max(batches), 60)).astype(int))
-    ax_r.plot(grid, [theory.relu_batchnorm_gradient_rate(int(b)) for b in grid], "-", color="C0",
-              label="mean field lambda(B)")
+    curve = [theory.relu_batchnorm_gradient_rate(int(b)) for b in grid]
+    ax_r.plot(grid, curve, "-", color="C0", label="mean field lambda(B)")
     b_arr = np.asarray(batches)
     rows = report["batches"]
     rate = np.array([r["rate"] for r in rows])
     err = np.array([5 * r["rel_se"] * r["rate"] for r in rows])
-    ax_r.errorbar(b_arr, rate, yerr=err, fmt="o", color="C1", capsize=3, label="measured, BN (bars: 5 SE)")
-    ax_r.errorbar(b_arr, [r["no_bn_rate"] for r in rows], yerr=[5 * r["no_bn_rel_se"] for r in rows],
+    ax_r.errorbar(b_arr, rate, yerr=err, fmt="o", color="C1", capsize=3,
+                  label="measured, BN (bars: 5 SE)")
+    ax_r.errorbar(b_arr, [r["no_bn_rate"] for r in rows],
+                  yerr=[5 * r["no_bn_rel_se"] for r in rows],
                   fmt="s", color="C2", capsize=3, label="measured, no BN (He)")
     ax_r.axhline(LARGE_BATCH, color="k", ls="--", lw=1, label="B -> inf: pi / (pi - 1)")
     ax_r.axhline(1.0, color="0.5", ls=":", lw=1)
@@ -163,16 +174,20 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Batch norm makes gradients explode at initialization (Yang et al. 2019)",
         "",
-        f"ReLU, width {report['width']}, depth {report['depth']}, BN before the activation in training mode, "
-        f"He-normal weights, no biases; {report['seeds']} seeds per batch size, N(0, 1) output cotangent; "
-        f"rate over layers {lo}-{hi}; {report['seconds']:.0f} s" + (" (quick mode)." if report["quick"] else "."),
+        f"ReLU, width {report['width']}, depth {report['depth']}, BN before the activation in "
+        f"training mode, He-normal weights, no biases; {report['seeds']} seeds per batch size, "
+        f"N(0, 1) output cotangent; rate over layers {lo}-{hi}; {report['seconds']:.0f} s"
+        + (" (quick mode)." if report["quick"] else "."),
         "",
         "| B | measured rate (BN) | mean field lambda(B) | deviation | no BN (He) |",
         "|---|---|---|---|---|",
     ]
     for r in report["batches"]:
-        lines.append(f"| {r['batch']} | {r['rate']:.4f} +- {r['rel_se'] * r['rate']:.4f} | {r['predicted']:.4f} | "
-                     f"{r['rate'] / r['predicted'] - 1:+.2%} | {r['no_bn_rate']:.4f} +- {r['no_bn_rel_se']:.4f} |")
+        lines.append(
+            f"| {r['batch']} | {r['rate']:.4f} +- {r['rel_se'] * r['rate']:.4f} | "
+            f"{r['predicted']:.4f} | {r['rate'] / r['predicted'] - 1:+.2%} | "
+            f"{r['no_bn_rate']:.4f} +- {r['no_bn_rel_se']:.4f} |"
+        )
     lines += [
         "",
         f"Large-batch limit: pi / (pi - 1) = {report['large_batch_limit']:.4f}.",
@@ -195,7 +210,8 @@ def _markdown(report: dict[str, Any]) -> str:
         m = c["measured"]
         m = f"{m:.4f}" if isinstance(m, float) else str(m)
         tol = f"{c['tolerance']:.4f}" if "tolerance" in c else ""
-        lines.append(f"| {c['check']} | {m} | {tol} | {'pass' if c['pass'] else '**FAIL**'} |")
-    lines += ["", "Figure: `bn-gradients.png` (Var[dL/dh] per layer for each B; measured vs predicted rate). "
-              "Data: `data/bn-B*/`, `data/no-bn-B*/`.", ""]
+        verdict = "pass" if c["pass"] else "**FAIL**"
+        lines.append(f"| {c['check']} | {m} | {tol} | {verdict} |")
+    lines += ["", "Figure: `bn-gradients.png` (Var[dL/dh] per layer for each B; measured vs "
+              "predicted rate). Data: `data/bn-B*/`, `data/no-bn-B*/`.", ""]
     return "\n".join(lines)
