@@ -1,8 +1,9 @@
-"""Glorot & Bengio 2010, Figs. 6-8: per-layer histograms at initialization, standard vs normalized init.
+"""Glorot & Bengio 2010, Figs. 6-8: per-layer histograms at init, standard vs normalized init.
 
     python experiments/glorot2010_histograms.py [--quick] [--seeds N] [--out DIR]
 
-Same as ``initjax reproduce glorot2010-histograms``; see ``initjax/reproductions/glorot2010_histograms.py``.
+Same as ``initjax reproduce glorot2010-histograms``;
+see ``initjax/reproductions/glorot2010_histograms.py``.
 """
 
 import sys

@@ -2,7 +2,8 @@
 
     python experiments/yang2019_bn_gradients.py [--quick] [--seeds N] [--out DIR]
 
-Same as ``initjax reproduce yang2019-bn-gradients``; see ``initjax/reproductions/yang2019_bn_gradients.py``.
+Same as ``initjax reproduce yang2019-bn-gradients``;
+see ``initjax/reproductions/yang2019_bn_gradients.py``.
 """
 
 import sys

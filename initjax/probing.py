@@ -71,7 +71,7 @@ from flax import nnx
 from initjax import activations as _activations
 from initjax._checks import check_float, check_int
 from initjax.modules import MLP, PlainCNN
-from initjax.propagation import LayerStats, Propagation, measure_layers
+from initjax.propagation import LayerStats, Propagation, _check_range, measure_layers
 
 __all__ = [
     "ProbeConfig",
@@ -800,17 +800,6 @@ def _measure(
         model_name=model_name if stack_size is None else f"ensemble of {stack_size} {model_name}",
         cotangent=kind,
     )
-
-
-def _check_range(name: str, value: Any) -> tuple[float, float]:
-    try:
-        lo, hi = value
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a pair (low, high), got {value!r}") from err
-    lo, hi = check_float(f"{name}[0]", lo), check_float(f"{name}[1]", hi)
-    if not lo < hi:
-        raise ValueError(f"{name} must have low < high, got {value!r}")
-    return lo, hi
 
 
 def _nnx_setup(model: Any, x: Any, use_running_average: Any):

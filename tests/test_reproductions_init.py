@@ -1,10 +1,10 @@
 """Smoke tests of the init/activation/BN reproductions in their ``--quick`` mode.
 
-Each runs end to end (compiles included, so these are the slow tests of the suite) and must write
-``report.json`` with status ``"done"``, its figures (PNG and PDF), data and ``report.md``, with every
-check passing, except the findings that do not reproduce, which are listed here with the reason:
-the test fails if one of them starts to pass as well as if any other check fails, so the list and
-the reports stay true.
+Each runs end to end (compiles included, so these are the slow tests of the suite) and must
+write ``report.json`` with status ``"done"``, its figures (PNG and PDF), data and ``report.md``,
+with every check passing, except the findings that do not reproduce, which are listed here with
+the reason: the test fails if one of them starts to pass as well as if any other check fails, so
+the list and the reports stay true.
 """
 
 import json
@@ -22,7 +22,9 @@ EXPECTED_FILES = {
         "mean_field.npz", "data/standard/stats.npz", "data/normalized/stats.npz",
     ),
     "saxe2014-spectra": ("spectra.png", "spectra.pdf", "spread.png", "spread.pdf", "spectra.npz"),
-    "yang2019-bn-gradients": ("bn-gradients.png", "bn-gradients.pdf", "data/bn-B4/stats.npz", "data/no-bn-B16/stats.npz"),
+    "yang2019-bn-gradients": (
+        "bn-gradients.png", "bn-gradients.pdf", "data/bn-B4/stats.npz", "data/no-bn-B16/stats.npz",
+    ),
     "selu-fixed-point": (
         "fixed-point.png", "fixed-point.pdf", "selu-trajectories.png", "selu-trajectories.pdf",
         "data/selu-mean1-var1/stats.npz",
@@ -50,7 +52,7 @@ def test_quick_reproduction(tmp_path, name):
     unexpected = {c for c in failed if not any(c.startswith(k) for k in known)}
     assert not unexpected, unexpected
     for k in known:
-        assert any(c.startswith(k) for c in failed), f"{k!r} now passes: update KNOWN_FAILURES and the report"
+        assert any(c.startswith(k) for c in failed), f"{k!r} passes now: update KNOWN_FAILURES"
     assert saved["all_pass"] == (not failed)
     for c in saved["checks"]:
         assert {"check", "measured", "pass"} <= set(c)

@@ -6,7 +6,9 @@ pre-activation ``z ~ N(0, 1)`` gives ``E[selu(z)] = 0`` and ``E[selu(z)^2] = 1``
 variance 1/n (``lecun_normal``) the map from one layer's activation mean and variance to the next
 has the stable fixed point (0, 1) ("Self-Normalizing Neural Networks",
 https://arxiv.org/abs/1706.02515, Theorem 1): activations started at another mean and variance
-are drawn to (0, 1) layer by layer.
+are drawn to (0, 1) layer by layer. The paper's map, for weights with sum ``omega = 0`` and
+squared sum ``tau = 1`` per unit, is ``(mu, nu) -> (E[selu(z)], Var[selu(z)])`` with
+``z ~ N(mu omega, nu tau) = N(0, nu)``; its Jacobian at (0, 1) has spectral norm 0.7877 < 1.
 
 Mean field of what the engine measures. The engine pools a layer's statistics over the batch and
 the units. For random weights ``W ~ N(0, 1/n)``, the pre-activation of unit j,
@@ -15,9 +17,8 @@ mean (a unit's offset ``mu sum_i W_ij`` is itself N(0, mu^2) across units). So w
 ``q^1 = E[(x^0)^2] = mu_0^2 + nu_0`` and ``q^{l+1} = E[selu(sqrt(q^l) z)^2]``
 (:func:`initjax.theory.variance_iterates` with sigma_w^2 = 1, sigma_b^2 = 0), layer l's pooled
 activation mean is ``E[selu(sqrt(q^l) z)]`` and its variance ``E[selu^2] - mean^2``. The fixed
-point is q* = 1, where (mean, variance) = (0, 1); the map's slope there,
-``V'(1) = 0.783``, is the contraction per layer (Klambauer et al. bound the Jacobian's spectral
-norm of their (mu, nu) map at the fixed point by 0.7877 < 1).
+point is q* = 1, where (mean, variance) = (0, 1); the map's slope there, ``V'(1) = 0.783``, is the
+contraction per layer.
 
 Starts: inputs of mean 0 and variance 0.25 or 4, and inputs of mean 1 and variance 1 (drawn per
 seed from ``numpy.random.default_rng([start, seed])``, passed to the engine as arrays). tanh and
@@ -32,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from initjax import _io, activations, plotting, theory
@@ -42,6 +42,7 @@ from initjax.propagation import Propagation, propagate_shared
 NAME = "selu-fixed-point"
 ACTIVATIONS = ("selu", "tanh", "relu")
 STARTS = ((0.0, 0.25), (0.0, 4.0), (1.0, 1.0))  # (input mean, input variance)
+PAPER_JACOBIAN_NORM = 0.7877  # Klambauer et al. 2017: spectral norm of the map's Jacobian at (0, 1)
 
 
 def _sizes(quick: bool) -> tuple[int, int, int, int]:
@@ -50,28 +51,31 @@ def _sizes(quick: bool) -> tuple[int, int, int, int]:
     return (24, 256, 16, 4) if quick else (32, 1024, 64, 8)
 
 
-def inputs(mean: float, variance: float, seeds: int, batch: int, width: int, start: int) -> np.ndarray:
-    """``(seeds, batch, width)`` i.i.d. N(mean, variance) inputs; seed s from ``rng([start, s])``."""
-    return np.stack([
-        mean + math.sqrt(variance) * np.random.default_rng([start, s]).standard_normal((batch, width))
-        for s in range(seeds)
-    ]).astype(np.float32)
+def inputs(
+    mean: float, variance: float, seeds: int, batch: int, width: int, start: int
+) -> np.ndarray:
+    """``(seeds, batch, width)`` i.i.d. N(mean, variance) inputs; seed s draws from
+    ``numpy.random.default_rng([start, s])``, so it does not depend on how many seeds run."""
+    shape = (batch, width)
+    draws = [np.random.default_rng([start, s]).standard_normal(shape) for s in range(seeds)]
+    return (mean + math.sqrt(variance) * np.stack(draws)).astype(np.float32)
 
 
 def mean_field(activation: str, q1: Any, depth: int) -> dict[str, np.ndarray]:
     """Per-layer pooled activation mean and variance predicted from ``q^1`` (module docstring);
     ``q1`` may be an array of starts (one compiled call for all), giving arrays ``(..., depth)``."""
     act = activations.get(activation)
-    q = np.asarray(theory.variance_iterates(np.asarray(q1, np.float32), 1.0, 0.0, act, depth), dtype=np.float64)
-    qs = jnp.asarray(q, jnp.float32)
-    mean = np.asarray(theory.gaussian_expectation(act, qs), dtype=np.float64)
-    second = np.asarray(theory.gaussian_expectation(lambda u: act(u) ** 2, qs), dtype=np.float64)
-    return {"q": q, "mean": mean, "var": second - mean**2}
+    q = theory.variance_iterates(np.asarray(q1, np.float32), 1.0, 0.0, act, depth)
+    mean = np.asarray(theory.gaussian_expectation(act, q), dtype=np.float64)
+    second = np.asarray(theory.gaussian_expectation(lambda u: act(u) ** 2, q), dtype=np.float64)
+    return {"q": np.asarray(q, dtype=np.float64), "mean": mean, "var": second - mean**2}
 
 
 def fixed_point_quadrature() -> dict[str, float]:
-    """``E[selu(z)]``, ``E[selu(z)^2] - 1`` and the map's slope ``V'(1)`` by adaptive quadrature in
-    float64 (scipy.integrate.quad, split at the kink), independent of initjax's own rules."""
+    """By adaptive quadrature in float64 (scipy.integrate.quad, split at the kink), independent of
+    initjax's own rules: ``E[selu(z)]``, ``E[selu(z)^2] - 1``, the slope ``V'(1)`` of the variance
+    map and the spectral norm of the Jacobian of the paper's (mean, variance) map at (0, 1) (with
+    omega = 0 the mean does not enter, so the Jacobian is ``[[0, dmu/dnu], [0, dnu/dnu]]``)."""
     from scipy import integrate
 
     lam, alpha = activations.SELU_LAMBDA, activations.SELU_ALPHA
@@ -79,42 +83,62 @@ def fixed_point_quadrature() -> dict[str, float]:
     def selu(x):
         return lam * x if x > 0 else lam * alpha * math.expm1(x)
 
+    def square(x):
+        return selu(x) ** 2
+
     def expect(f, q=1.0):
-        g = lambda z: f(math.sqrt(q) * z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+        def g(z):
+            return f(math.sqrt(q) * z) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+
         kw = {"epsabs": 1e-14, "epsrel": 1e-13, "limit": 200}
         return integrate.quad(g, -np.inf, 0, **kw)[0] + integrate.quad(g, 0, np.inf, **kw)[0]
 
+    def variance(q):
+        return expect(square, q) - expect(selu, q) ** 2
+
     step = 1e-4
-    slope = (expect(lambda x: selu(x) ** 2, 1 + step) - expect(lambda x: selu(x) ** 2, 1 - step)) / (2 * step)
-    return {"mean": expect(selu), "second_moment_minus_1": expect(lambda x: selu(x) ** 2) - 1, "slope": slope}
+    slope = (expect(square, 1 + step) - expect(square, 1 - step)) / (2 * step)
+    dmean = (expect(selu, 1 + step) - expect(selu, 1 - step)) / (2 * step)
+    dvar = (variance(1 + step) - variance(1 - step)) / (2 * step)
+    jacobian = np.array([[0.0, dmean], [0.0, dvar]])
+    return {"mean": expect(selu), "second_moment_minus_1": expect(square) - 1, "slope": slope,
+            "jacobian_norm": float(np.linalg.norm(jacobian, 2))}
 
 
-def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+def run(
+    out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
+) -> dict[str, Any]:
     """Propagate every start through SELU, tanh and ReLU nets; write figures, data and reports."""
     out = Path(out)
     t0 = time.perf_counter()
     depth, width, batch, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (its tolerances come from the seed spread), got {seeds}")
+        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
     _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
-    configs = [NetworkConfig(depth=depth, width=width, batch=batch, init="lecun_normal", activation=a, label=a)
-               for a in ACTIVATIONS]
+    configs = [
+        NetworkConfig(depth=depth, width=width, batch=batch, init="lecun_normal", activation=a,
+                      label=a)
+        for a in ACTIVATIONS
+    ]
     results: dict[tuple[float, float], dict[str, Propagation]] = {}
     q1 = []
     for i, (mu, nu) in enumerate(STARTS):
         x = inputs(mu, nu, seeds, batch, width, start=i)
-        # one compiled program serves every start: the inputs are an argument, not part of the config
+        # one compiled program serves every start: the inputs are an argument, not in the config
         measured = propagate_shared(configs, seeds, key=i, inputs=x, progress=progress)
         results[(mu, nu)] = dict(zip(ACTIVATIONS, measured, strict=True))
-        q1.append(float((x.astype(np.float64) ** 2).mean()))  # the realized E[x^2], ~ mu^2 + nu
+        q1.append(float((x.astype(np.float64) ** 2).mean()))  # the realized E[x^2] ~ mu^2 + nu
         for a, r in results[(mu, nu)].items():
             r.save(out / "data" / f"{a}-mean{mu:g}-var{nu:g}")
     predicted = {a: mean_field(a, q1, depth) for a in ACTIVATIONS}
-    theory_ = {start: {a: {k: v[i] for k, v in predicted[a].items()} for a in ACTIVATIONS}
-               for i, start in enumerate(STARTS)}
+    theory_ = {
+        start: {a: {k: v[i] for k, v in predicted[a].items()} for a in ACTIVATIONS}
+        for i, start in enumerate(STARTS)
+    }
     quad = fixed_point_quadrature()
-    report = _report(quick, seeds, depth, width, batch, results, theory_, quad, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    report = _report(quick, seeds, depth, width, batch, results, theory_, quad, seconds)
     _figures(out, results, theory_)
     _io.write_text(out / "report.md", _markdown(report))
     _io.write_json(out / "report.json", report)
@@ -122,14 +146,22 @@ def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progr
 
 
 def _report(quick, seeds, depth, width, batch, results, theory_, quad, seconds) -> dict[str, Any]:
-    checks: list[dict[str, Any]] = [{
-        "check": "fixed point by quadrature: |E[selu(z)]| and |E[selu(z)^2] - 1| <= 1e-6 (z ~ N(0, 1))",
-        "measured": max(abs(quad["mean"]), abs(quad["second_moment_minus_1"])), "tolerance": 1e-6,
-        "pass": max(abs(quad["mean"]), abs(quad["second_moment_minus_1"])) <= 1e-6,
-    }, {
-        "check": "the fixed point is stable: slope of the variance map V'(1) < 1",
-        "measured": quad["slope"], "pass": quad["slope"] < 1,
-    }]
+    worst = max(abs(quad["mean"]), abs(quad["second_moment_minus_1"]))
+    checks: list[dict[str, Any]] = [
+        {"check": "fixed point by quadrature: |E[selu(z)]| and |E[selu(z)^2] - 1| <= 1e-6",
+         "measured": worst, "tolerance": 1e-6, "pass": worst <= 1e-6},
+        {"check": "the fixed point is stable: slope of the variance map V'(1) < 1",
+         "measured": quad["slope"], "pass": quad["slope"] < 1},
+        {"check": f"spectral norm of the (mean, variance) map's Jacobian at (0, 1) = "
+                  f"{PAPER_JACOBIAN_NORM} (the paper's value, to its 4 digits)",
+         "measured": quad["jacobian_norm"], "tolerance": 5e-5,
+         "pass": abs(quad["jacobian_norm"] - PAPER_JACOBIAN_NORM) <= 5e-5},
+    ]
+    # 5 standard errors over seeds (the O(1/sqrt(n)) fluctuation that each layer's weight draw
+    # passes on is in the seed spread) plus 4 / width for the finite-width bias: q^l fluctuates
+    # around 1 with variance ~ 2 / (n (1 - V'(1)^2)) ~ 5 / n, which biases the next layer by
+    # V''(1) / 2 = -0.09 times that, well below 4 / n
+    allowance = 4 / width
     rows = []
     for (mu, nu), per_act in results.items():
         row: dict[str, Any] = {"input_mean": mu, "input_var": nu}
@@ -147,26 +179,30 @@ def _report(quick, seeds, depth, width, batch, results, theory_, quad, seconds) 
             }
         rows.append(row)
         s = row["selu"]
-        # 5 standard errors over seeds (the O(1/sqrt(n)) fluctuation that each layer's weight draw
-        # passes on is in the seed spread) plus 4 / width for the finite-width bias: q^l fluctuates
-        # around 1 with variance ~ 2 / (n (1 - V'(1)^2)) ~ 5 / n, which biases the next layer by
-        # V''(1) / 2 times that, well below 4 / n
-        allowance = 4 / width
         tol_m = 5 * s["last_mean_se"] + allowance
         tol_v = 5 * s["last_var_se"] + allowance
         start = f"start (mean {mu:g}, var {nu:g})"
-        checks.append({"check": f"SELU, {start}: last layer's activation mean = 0 (5 SE + 4 / width)",
-                       "measured": s["last_mean"], "tolerance": tol_m, "pass": abs(s["last_mean"]) <= tol_m})
-        checks.append({"check": f"SELU, {start}: last layer's activation variance = 1 (5 SE + 4 / width)",
-                       "measured": s["last_var"], "tolerance": tol_v, "pass": abs(s["last_var"] - 1) <= tol_v})
+        checks.append({
+            "check": f"SELU, {start}: last layer's activation mean = 0 (5 SE + 4 / width)",
+            "measured": s["last_mean"], "tolerance": tol_m, "pass": abs(s["last_mean"]) <= tol_m,
+        })
+        checks.append({
+            "check": f"SELU, {start}: last layer's activation variance = 1 (5 SE + 4 / width)",
+            "measured": s["last_var"], "tolerance": tol_v, "pass": abs(s["last_var"] - 1) <= tol_v,
+        })
         far = {a: row[a]["last_var"] for a in ("tanh", "relu")}
-        checks.append({"check": f"tanh and ReLU (same 1/n weights), {start}: do not reach (0, 1): last variance < 0.5",
-                       "measured": f"tanh {far['tanh']:.3g}, relu {far['relu']:.3g}",
-                       "pass": all(v < 0.5 for v in far.values())})
-    return {"name": NAME, "status": "done", "quick": quick, "seeds": seeds, "depth": depth, "width": width,
-            "batch": batch, "init": "lecun_normal (Var = 1/n)", "quadrature": quad, "seconds": seconds,
-            "prng_impl": next(iter(results.values()))["selu"].prng_impl, "starts": rows, "checks": checks,
-            "all_pass": all(c["pass"] for c in checks)}
+        checks.append({
+            "check": f"tanh and ReLU (same 1/n weights), {start}: do not reach (0, 1): "
+                     "last variance < 0.5",
+            "measured": f"tanh {far['tanh']:.3g}, relu {far['relu']:.3g}",
+            "pass": all(v < 0.5 for v in far.values()),
+        })
+    return {
+        "name": NAME, "status": "done", "quick": quick, "seeds": seeds, "depth": depth,
+        "width": width, "batch": batch, "init": "lecun_normal (Var = 1/n)", "quadrature": quad,
+        "seconds": seconds, "prng_impl": next(iter(results.values()))["selu"].prng_impl,
+        "starts": rows, "checks": checks, "all_pass": all(c["pass"] for c in checks),
+    }
 
 
 def _figures(out: Path, results, theory_) -> None:
@@ -191,8 +227,8 @@ def _figures(out: Path, results, theory_) -> None:
     axes[0, 0].set_ylabel("activation mean")
     axes[1, 0].set_ylabel("activation variance")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Klambauer et al. 2017: (mean, variance) per layer; dots measured (band: seed range), "
-                 "lines mean field, dotted: the SELU fixed point (0, 1)", fontsize=9)
+    fig.suptitle("Klambauer et al. 2017: (mean, variance) per layer; dots measured (band: seed "
+                 "range), lines mean field, dotted: the SELU fixed point (0, 1)", fontsize=9)
     _io.save_figure(fig, out / "fixed-point")
 
     fig = plotting.new_figure(5.5, 4.5)
@@ -201,12 +237,14 @@ def _figures(out: Path, results, theory_) -> None:
         r, mf = per_act["selu"], theory_[(mu, nu)]["selu"]
         m = np.asarray(r.stats.act_mean, dtype=np.float64).mean(0)
         v = np.asarray(r.stats.act_var, dtype=np.float64).mean(0)
-        ax.plot(m, v, "o-", ms=3, color=f"C{i}", lw=0.8, label=f"start: mean {mu:g}, var {nu:g} (measured)")
+        ax.plot(m, v, "o-", ms=3, color=f"C{i}", lw=0.8,
+                label=f"start: mean {mu:g}, var {nu:g} (measured)")
         ax.plot(mf["mean"], mf["var"], "--", color=f"C{i}", lw=1)
     ax.plot([0], [1], "k*", ms=12, label="fixed point (0, 1)")
     ax.set_xlabel("activation mean")
     ax.set_ylabel("activation variance")
-    ax.set_title("SELU: trajectories in the (mean, variance) plane (dashed: mean field)", fontsize=9)
+    ax.set_title("SELU: trajectories in the (mean, variance) plane (dashed: mean field)",
+                 fontsize=9)
     ax.legend(fontsize=7)
     _io.save_figure(fig, out / "selu-trajectories")
 
@@ -216,14 +254,15 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# SELU's fixed point (0, 1) (Klambauer et al. 2017)",
         "",
-        f"Depth {report['depth']}, width {report['width']}, batch {report['batch']}, {report['init']}, no biases, "
-        f"{report['seeds']} seeds per start; {report['seconds']:.0f} s"
-        + (" (quick mode)." if report["quick"] else "."),
+        f"Depth {report['depth']}, width {report['width']}, batch {report['batch']}, "
+        f"{report['init']}, no biases, {report['seeds']} seeds per start; "
+        f"{report['seconds']:.0f} s" + (" (quick mode)." if report["quick"] else "."),
         "",
-        f"Quadrature (scipy, float64): E[selu(z)] = {q['mean']:.2e}, E[selu(z)^2] - 1 = {q['second_moment_minus_1']:.2e}; "
-        f"slope of the variance map at the fixed point V'(1) = {q['slope']:.4f} (the paper: the Jacobian of its "
-        "(mean, variance) map at (0, 1) has spectral norm below 1, 0.7877 at its bound; our pooled map has the "
-        "single direction q).",
+        f"Quadrature (scipy, float64): E[selu(z)] = {q['mean']:.2e}, "
+        f"E[selu(z)^2] - 1 = {q['second_moment_minus_1']:.2e}; the slope of the variance map at "
+        f"the fixed point V'(1) = {q['slope']:.4f}; the spectral norm of the Jacobian of the "
+        f"paper's (mean, variance) map at (0, 1) = {q['jacobian_norm']:.5f} (paper: "
+        f"{PAPER_JACOBIAN_NORM}).",
         "",
         "## Last layer, measured (mean over seeds +- SE) and mean field",
         "",
@@ -233,21 +272,22 @@ def _markdown(report: dict[str, Any]) -> str:
     for row in report["starts"]:
         s, t, r = row["selu"], row["tanh"], row["relu"]
         lines.append(
-            f"| ({row['input_mean']:g}, {row['input_var']:g}) | {s['last_mean']:+.4f} +- {s['last_mean_se']:.4f} "
-            f"({s['mean_field_mean'][-1]:+.4f}) | {s['last_var']:.4f} +- {s['last_var_se']:.4f} "
-            f"({s['mean_field_var'][-1]:.4f}) | {t['last_mean']:+.3g} / {t['last_var']:.3g} "
-            f"({t['mean_field_var'][-1]:.3g}) | {r['last_mean']:.3g} / {r['last_var']:.3g} ({r['mean_field_var'][-1]:.3g}) |"
+            f"| ({row['input_mean']:g}, {row['input_var']:g}) | "
+            f"{s['last_mean']:+.4f} +- {s['last_mean_se']:.4f} ({s['mean_field_mean'][-1]:+.4f}) | "
+            f"{s['last_var']:.4f} +- {s['last_var_se']:.4f} ({s['mean_field_var'][-1]:.4f}) | "
+            f"{t['last_mean']:+.3g} / {t['last_var']:.3g} ({t['mean_field_var'][-1]:.3g}) | "
+            f"{r['last_mean']:.3g} / {r['last_var']:.3g} ({r['mean_field_var'][-1]:.3g}) |"
         )
     lines += [
         "",
-        "Beside the paper: Klambauer et al. show (Theorem 1, and their Figure of the mapping g) that (0, 1) "
-        "is an attracting fixed point of the mean/variance map for normalized weights; here sampled "
-        "networks started at variance 0.25 or 4, or at mean 1, arrive there within the tolerance, and "
-        "follow the mean-field iterates on the way. The paper assumes weights with sum 0 and squared "
-        "sum 1 per unit; random N(0, 1/n) weights have neither exactly, which the pooled mean field "
-        "absorbs (a unit's offset becomes part of the pooled variance, see the module docstring). "
-        "tanh and ReLU with the same weights do not self-normalize: tanh's variance decays slowly "
-        "towards 0 (marginal fixed point q* = 0), ReLU's halves per layer.",
+        "Beside the paper: Klambauer et al. show (Theorem 1) that (0, 1) is an attracting fixed "
+        "point of the mean/variance map for normalized weights; here sampled networks started at "
+        "variance 0.25 or 4, or at mean 1, arrive there within the tolerance and follow the "
+        "mean-field iterates on the way (figures). The paper assumes weights with sum 0 and "
+        "squared sum 1 per unit; random N(0, 1/n) weights have neither exactly, which the pooled "
+        "mean field absorbs (a unit's offset becomes part of the pooled variance, see the module "
+        "docstring). tanh and ReLU with the same weights do not self-normalize: tanh's variance "
+        "decays slowly towards 0 (marginal fixed point q* = 0), ReLU's halves per layer.",
         "",
         "## Checks",
         "",
@@ -259,6 +299,7 @@ def _markdown(report: dict[str, Any]) -> str:
         m = f"{m:.4g}" if isinstance(m, float) else str(m)
         tol = f"{c['tolerance']:.3g}" if "tolerance" in c else ""
         lines.append(f"| {c['check']} | {m} | {tol} | {'pass' if c['pass'] else '**FAIL**'} |")
-    lines += ["", "Figures: `fixed-point.png` (mean and variance per layer for each activation and start), "
-              "`selu-trajectories.png` (the (mean, variance) plane). Data: `data/<act>-mean*-var*/`.", ""]
+    lines += ["", "Figures: `fixed-point.png` (mean and variance per layer for each activation and "
+              "start), `selu-trajectories.png` (the (mean, variance) plane). Data: "
+              "`data/<act>-mean*-var*/`.", ""]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Yang et al. 2019: batch norm makes gradients explode at initialization at a rate set by the batch.
+"""Yang et al. 2019: batch norm makes gradients explode at initialization, at a batch-set rate.
 
 A deep fully connected ReLU network with batch norm in training mode before every activation
 (``x^l = relu(BN(x^{l-1} W^l))``, He-normal weights, no biases, gamma 1, beta 0) back-propagates
@@ -58,7 +58,9 @@ def configs(batch: int, width: int, depth: int) -> tuple[NetworkConfig, NetworkC
     return bn, bn.replace(norm="none", label=f"no BN, B = {batch}")
 
 
-def growth_rate(result: Propagation, lo: int, hi: int, heavy_tail: bool = False) -> dict[str, float]:
+def growth_rate(
+    result: Propagation, lo: int, hi: int, heavy_tail: bool = False
+) -> dict[str, float]:
     """The per-layer growth of Var[dL/dh] going backwards over layers ``lo < hi`` (0-based), its
     relative standard error, and the per-layer ratios (means over seeds) for the record."""
     g = np.asarray(result.stats.grad_preact_var, dtype=np.float64)
@@ -81,7 +83,7 @@ def run(
     batches, width, depth, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances come from the seed spread), got {seeds}")
+        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
     _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
     results: dict[int, tuple[Propagation, Propagation]] = {}
     for b in batches:
@@ -192,14 +194,15 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Large-batch limit: pi / (pi - 1) = {report['large_batch_limit']:.4f}.",
         "",
-        "Beside the paper: Yang et al. prove that BN's gradient explosion at initialization cannot be "
-        "removed by the choice of initialization and that for ReLU it weakens as the batch grows "
-        "towards a finite limit. The finite-B rates here are initjax's own derivation in the paper's "
-        "mean-field setting (`theory.batchnorm_gradient_rate`; the paper's own finite-B formula was not "
-        "consulted), with the B -> inf limit pi / (pi - 1) for ReLU. The measurement is a finite "
-        "network (width above) with eps = 1e-5 in the BN denominator (the theory has eps = 0); at "
-        "B = 4 the per-unit 1 / chi^2_3 factor has infinite variance, so that rate converges slowly "
-        "(its tolerance uses the heavy-tail error scale, see the module docstring).",
+        "Beside the paper: Yang et al. show that BN's gradient explosion at initialization cannot "
+        "be removed by choosing the weight variance, for ReLU at a per-layer rate that depends on "
+        "the batch size. The finite-B rates here are initjax's own mean-field derivation in the "
+        "paper's setting (`theory.batchnorm_gradient_rate`; the paper's own finite-B formula was "
+        "not consulted), whose B -> inf limit pi / (pi - 1) for ReLU is the large-batch factor "
+        "associated with their result. The measurement is a finite network (width above) with "
+        "eps = 1e-5 in the BN denominator (the theory has eps = 0); at B = 4 the per-unit "
+        "1 / chi^2_3 factor has infinite variance, so that rate converges slowly (its tolerance "
+        "uses the heavy-tail error scale, see the module docstring).",
         "",
         "## Checks",
         "",
