@@ -9,12 +9,12 @@ The public API. Implementation lives in one module per concept: ``initializers``
 from initjax import activations as activations
 from initjax import data as data
 from initjax import initializers as initializers
+from initjax import lsuv as lsuv
 from initjax import modules as modules
 from initjax import plotting as plotting
 from initjax import theory as theory
 from initjax import training as train
 from initjax.config import NetworkConfig as NetworkConfig
-from initjax import lsuv as lsuv
 from initjax.gains import calculate_gain as calculate_gain
 from initjax.probing import ProbeResult as ProbeResult
 from initjax.probing import probe as probe

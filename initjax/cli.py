@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="small sizes: seconds instead of minutes")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the reproduction's)")
     r.add_argument("--out", type=Path, default=None, help="output directory (default results/NAME)")
+    r.add_argument("--data-dir", type=Path, default=None,
+                   help="a directory holding a dataset to train on instead of the bundled one "
+                        "(ioffe2015-mnist: MNIST's four IDX files)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -235,12 +238,13 @@ def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if args.list or args.name is None:
         if args.name is None and not args.list:
             parser.error("reproduce needs a NAME or --list; known: " + ", ".join(reproductions.names()))
+        wide = max(map(len, reproductions.names()))
         for name in reproductions.names():
-            print(f"{name:24s} {reproductions.get(name).summary}")
+            print(f"{name:{wide}s}  {reproductions.get(name).summary}")
         return 0
     out = args.out if args.out is not None else Path("results") / args.name
     report = reproductions.run(args.name, out, quick=args.quick, seeds=args.seeds,
-                               progress=False if args.quiet else None)
+                               progress=False if args.quiet else None, data_dir=args.data_dir)
     failed = [c["check"] for c in report.get("checks", []) if not c["pass"]]
     print(f"{args.name}: wrote {out} in {report.get('seconds', float('nan')):.0f} s; "
           f"{len(report.get('checks', [])) - len(failed)}/{len(report.get('checks', []))} checks pass")

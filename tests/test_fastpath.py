@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from initjax import NetworkConfig
-from initjax import fastpath
+from initjax import NetworkConfig, fastpath
 from initjax import propagation as P
 from initjax.fastpath import fast_applicable, fast_seed_tensors
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import initjax
-from initjax import NetworkConfig, Propagation, grid, propagate, sweep
-from initjax import plotting
+from initjax import NetworkConfig, Propagation, grid, plotting, propagate, sweep
+from initjax import reproductions
 from initjax.cli import main
 from initjax.propagation import LayerStats
 
@@ -107,6 +107,9 @@ def test_cli_table_out_and_warning(tmp_path, capsys):
         (["propagate", "--init", "nope"], "unknown initializer 'nope'"),
         (["propagate", "--seeds", "0"], "seeds must be >= 1"),
         (["reproduce", "nope"], "unknown reproduction 'nope'; known: seed-demo"),
+        (["reproduce", "seed-demo", "--data-dir", "/nowhere"],
+         "reproduction 'seed-demo' takes no data_dir (got '/nowhere'); those that do: ioffe2015-mnist"),
+        (["reproduce", "ioffe2015-mnist", "--quick", "--data-dir", "/nowhere/mnist"], "/nowhere/mnist"),
     ],
 )
 def test_cli_errors_exit_2(argv, match, capsys):
@@ -119,7 +122,11 @@ def test_cli_list(capsys):
     out = capsys.readouterr().out
     assert "he_normal" in out and "leaky_relu" in out and "seed-demo" in out
     assert main(["reproduce", "--list"]) == 0
-    assert "seed-demo" in capsys.readouterr().out
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(reproductions.names()) >= 13
+    # one aligned column of names, then the summary
+    starts = {line.index(line.split()[1]) for line in listed}
+    assert len(starts) == 1, starts
 
 
 def test_plots_flag_non_finite_values():

@@ -9,12 +9,13 @@ the report dict. ``initjax reproduce NAME`` runs one; ``initjax reproduce --list
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["Reproduction", "names", "get", "run"]
+__all__ = ["Reproduction", "names", "get", "run", "takes_data_dir"]
 
 
 class Reproduction(NamedTuple):
@@ -33,10 +34,28 @@ _REPRODUCTIONS = {
             "and He weights, zero init and a 6-layer tanh MLP at std 0.05; per-layer histograms.",
         ),
         Reproduction(
+            "seed-batchnorm",
+            "seed_batchnorm",
+            "The blog posts' 6-layer tanh MLP at std 0.01, 0.05 and 1 without and with batch norm "
+            "(with BN the init no longer matters), and eval with running averages vs batch statistics.",
+        ),
+        Reproduction(
+            "seed-activations",
+            "seed_activations",
+            "Sigmoid, tanh, ReLU, LeakyReLU, PReLU, ELU: per-layer distributions at init, training "
+            "curves on digits, and the fraction of dead ReLUs vs learning rate.",
+        ),
+        Reproduction(
             "phase-diagram",
             "phase_diagram",
             "Poole 2016 / Schoenholz 2017: chi_1 and xi_c over (sigma_w^2, sigma_b^2) for tanh with "
             "the critical line; measured correlation propagation in the ordered, critical and chaotic phases.",
+        ),
+        Reproduction(
+            "schoenholz2017-trainability",
+            "schoenholz2017_trainability",
+            "Schoenholz et al. 2017: trainability of deep tanh nets over (sigma_w^2, depth) on a coarse "
+            "grid, against the 6 xi_c line of the mean-field theory.",
         ),
         Reproduction(
             "glorot2010-histograms",
@@ -44,6 +63,30 @@ _REPRODUCTIONS = {
             "Glorot & Bengio 2010, Figs. 6-8: per-layer histograms at init of activations and "
             "back-propagated gradients (and weight-gradient variances) of a 5x1000 tanh net on "
             "Shapeset, standard U[-1/sqrt(n), 1/sqrt(n)] vs normalized (Xavier) init.",
+        ),
+        Reproduction(
+            "glorot2010-saturation",
+            "glorot2010_saturation",
+            "Glorot & Bengio 2010, Figs. 2-4: per-layer activation mean/std (sigmoid) and percentiles "
+            "(tanh, softsign) during training on Shapeset-3x2, and the final histograms.",
+        ),
+        Reproduction(
+            "glorot2010-table1",
+            "glorot2010_table1",
+            "Glorot & Bengio 2010, Table 1 (short run): test error of Softsign, Softsign N, Tanh, "
+            "Tanh N and Sigmoid 5-hidden-layer nets on Shapeset-3x2 and digits; whether the ordering holds.",
+        ),
+        Reproduction(
+            "he2015-deep-relu",
+            "he2015_deep_relu",
+            "He et al. 2015, Figs. 2-3 analogue: 22- and 30-layer plain ReLU nets, Xavier vs He init, "
+            "on digits; the 30-layer Xavier net stalls while He learns.",
+        ),
+        Reproduction(
+            "ioffe2015-mnist",
+            "ioffe2015_mnist",
+            "Ioffe & Szegedy 2015, Fig. 1: 3 x 100 sigmoid MLP with and without batch norm, batch 60: "
+            "test accuracy and the 15/50/85th percentiles of a last-layer input (digits; MNIST via --data-dir).",
         ),
         Reproduction(
             "saxe2014-spectra",
@@ -86,10 +129,30 @@ def run(
     quick: bool = False,
     seeds: int | None = None,
     progress: bool | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run reproduction ``name``, writing into ``out`` (default ``results/<name>``)."""
+    """Run reproduction ``name``, writing into ``out`` (default ``results/<name>``).
+
+    ``data_dir`` is passed to the reproductions that can train on a downloaded dataset (see
+    :func:`takes_data_dir`); the others reject it.
+    """
     rep = get(name)
-    module = importlib.import_module(f"initjax.reproductions.{rep.module}")
-    run_fn: Callable[..., dict[str, Any]] = module.run
+    run_fn = _run_fn(rep)
     target = Path(out) if out is not None else Path("results") / name
-    return run_fn(target, quick=quick, seeds=seeds, progress=progress)
+    extra: dict[str, Any] = {}
+    if data_dir is not None:
+        if not takes_data_dir(name):
+            known = [n for n in names() if takes_data_dir(n)]
+            raise ValueError(f"reproduction {name!r} takes no data_dir (got {str(data_dir)!r}); "
+                             f"those that do: {', '.join(known)}")
+        extra["data_dir"] = data_dir
+    return run_fn(target, quick=quick, seeds=seeds, progress=progress, **extra)
+
+
+def _run_fn(rep: Reproduction) -> Callable[..., dict[str, Any]]:
+    return importlib.import_module(f"initjax.reproductions.{rep.module}").run
+
+
+def takes_data_dir(name: str) -> bool:
+    """Whether reproduction ``name`` can read a dataset from a directory (``--data-dir``)."""
+    return "data_dir" in inspect.signature(_run_fn(get(name))).parameters

@@ -47,6 +47,7 @@ import numpy as np
 from initjax import _io, data, plotting
 from initjax.config import NetworkConfig
 from initjax.propagation import Propagation, propagate
+from initjax.reproductions import _reports
 
 NAME = "glorot2010-histograms"
 INITS = {"standard": "glorot2010_standard", "normalized": "xavier_uniform"}
@@ -138,13 +139,12 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Measure both inits, write figures, data, ``report.json`` and ``report.md`` into ``out``."""
-    out = Path(out)
     t0 = time.perf_counter()
     width, batch, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
         raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    out = _reports.begin(out, NAME)
     x = shapeset_inputs(seeds, batch)
     configs = {name: config(name, width, batch) for name in INITS}
     theory_ = {name: mean_field(c, x) for name, c in configs.items()}
@@ -161,9 +161,7 @@ def run(
     _io.write_npz(out / "mean_field.npz", **arrays)
     report = _report(quick, seeds, width, batch, results, theory_, time.perf_counter() - t0)
     _figures(out, results, theory_)
-    _io.write_text(out / "report.md", _markdown(report))
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report))
 
 
 def _report(quick, seeds, width, batch, results, theory_, seconds) -> dict[str, Any]:
@@ -374,15 +372,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "- The paper does not state the batch over which its histograms were taken; ours pool "
         f"{report['seeds']} networks x {report['batch']} images.",
         "",
-        "## Checks",
-        "",
-        "| check | measured | tolerance | pass |",
-        "|---|---|---|---|",
+        *_reports.checks_table(report["checks"]),
     ]
-    for c in report["checks"]:
-        tol = _g(c["tolerance"]) if "tolerance" in c else ""
-        verdict = "pass" if c["pass"] else "**FAIL**"
-        lines.append(f"| {c['check']} | {_g(c['measured'])} | {tol} | {verdict} |")
     lines += ["", "## Per-layer numbers (means over seeds; layer 6 is the 9-unit readout)", ""]
     for name, row in report["inits"].items():
         lines += [f"### {name} ({row['init']})", "",

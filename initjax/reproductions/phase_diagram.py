@@ -27,6 +27,7 @@ import numpy as np
 from initjax import _io, plotting, theory
 from initjax.config import NetworkConfig
 from initjax.propagation import propagate
+from initjax.reproductions import _reports
 
 NAME = "phase-diagram"
 ACTIVATION = "tanh"
@@ -39,10 +40,9 @@ CRITICAL_AT_0 = 1.0
 
 
 def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None) -> dict[str, Any]:
-    out = Path(out)
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else (4 if quick else 16)
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    out = _reports.begin(out, NAME)
     sw = np.linspace(0.5, 4.0, 12 if quick else 50)
     sb = np.linspace(0.0, 0.3, 5 if quick else 31)
     SW, SB = np.meshgrid(sw, sb)
@@ -73,9 +73,7 @@ def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progr
         measured[name] = (config, r, theory.predict(config))
     report = _report(quick, seeds, sw, sb, chi, critical, crit_005, measured, time.perf_counter() - t0)
     _figures(out, sw, sb, chi, xi_c, critical, line_sw, line, crit_005, measured)
-    _io.write_text(out / "report.md", _markdown(report))
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report))
 
 
 def _report(quick, seeds, sw, sb, chi, critical, crit_005, measured, seconds) -> dict[str, Any]:
@@ -163,13 +161,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "(the papers draw the line through this region of the plane; the value is checked against an "
         "independent scipy computation, not a number printed in the papers, which give it only as a figure).",
         "",
-        "| check | measured | pass |",
-        "|---|---|---|",
+        *_reports.checks_table(report["checks"]),
     ]
-    for c in report["checks"]:
-        m = c["measured"]
-        m = f"{m:.5g}" if isinstance(m, float) else str(m)
-        lines.append(f"| {c['check']} | {m} | {'pass' if c['pass'] else '**FAIL**'} |")
     lines += ["", "## Correlation c^l: measured (mean over seeds) vs predicted", ""]
     for row in report["points"]:
         lines.append(f"- {row['point']} (sigma_w^2 = {row['sigma_w2']:.4g}, sigma_b^2 = {row['sigma_b2']:.3g}): "

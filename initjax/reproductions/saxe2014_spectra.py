@@ -47,6 +47,7 @@ import jax
 import numpy as np
 
 from initjax import _io, plotting, theory
+from initjax.reproductions import _reports
 
 NAME = "saxe2014-spectra"
 TANH_SIGMA_W2 = 1.05
@@ -132,13 +133,12 @@ def run(
 ) -> dict[str, Any]:
     """Sample the spectra, write figures, ``spectra.npz``, ``report.json`` and ``report.md``.
     (``progress`` is accepted for the common signature; the sampling loop is short.)"""
-    out = Path(out)
     t0 = time.perf_counter()
     depths, width, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
         raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    out = _reports.begin(out, NAME)
     all_cases = cases()
     base = jax.random.key(0)
     spectra: dict[str, dict[int, np.ndarray]] = {}
@@ -155,18 +155,12 @@ def run(
             per_seed.append({d: np.asarray(sv[d], dtype=np.float64) for d in depths})
         # (seed, width) per depth
         spectra[case.label] = {d: np.stack([p[d] for p in per_seed]) for d in depths}
-    arrays = {f"{_slug(c.label)}_L{d}": spectra[c.label][d] for c in all_cases for d in depths}
+    arrays = {f"{_reports.slug(c.label)}_L{d}": spectra[c.label][d] for c in all_cases for d in depths}
     _io.write_npz(out / "spectra.npz", depths=np.asarray(depths), **arrays)
     report = _report(quick, seeds, depths, width, all_cases, spectra, time.perf_counter() - t0)
     _figures(out, depths, width, all_cases, spectra, report)
-    _io.write_text(out / "report.md", _markdown(report))
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report))
 
-
-def _slug(label: str) -> str:
-    keep = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
-    return "-".join(filter(None, keep.split("-")))
 
 
 def _moments(sv: np.ndarray) -> dict[str, np.ndarray]:
@@ -396,15 +390,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "orthogonal tanh spread is compared with the free-probability L kappa within 25% for the "
         "same reason.",
         "",
-        "## Checks",
-        "",
-        "| check | measured | tolerance | pass |",
-        "|---|---|---|---|",
+        *_reports.checks_table(report["checks"]),
     ]
-    for c in report["checks"]:
-        tol = _g(c["tolerance"]) if "tolerance" in c else ""
-        verdict = "pass" if c["pass"] else "**FAIL**"
-        lines.append(f"| {c['check']} | {_g(c['measured'])} | {tol} | {verdict} |")
     lines += ["", "Figures: `spectra.png` (histograms of log10 s per depth), `spread.png` "
               "(Var[s^2] and the largest singular value against depth). Data: `spectra.npz` (per "
               "case and depth, (seed, width)).", ""]

@@ -42,6 +42,7 @@ import numpy as np
 from initjax import _io, plotting
 from initjax.config import NetworkConfig
 from initjax.propagation import Propagation, propagate, propagate_shared, shareable
+from initjax.reproductions import _reports
 
 NAME = "seed-demo"
 
@@ -127,7 +128,7 @@ def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progr
     for i, c in enumerate(configs):
         groups.setdefault((c.depth, c.widths[0], shareable([c])), []).append(i)
     results: list[Propagation | None] = [None] * len(configs)
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    _reports.begin(out, NAME)
     options = {"grad_range": (-2.0, 2.0), "progress": progress}
     for idx in groups.values():
         group = [configs[i] for i in idx]
@@ -137,18 +138,12 @@ def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progr
             measured = [propagate(c, seeds, key=0, **options) for c in group]
         for i, r in zip(idx, measured, strict=True):
             results[i] = r
-            r.save(out / "data" / _slug(all_schemes[i].label))
+            r.save(out / "data" / _reports.slug(all_schemes[i].label))
     elapsed = time.perf_counter() - t0
     report = _report(all_schemes, results, seeds, quick, elapsed)  # type: ignore[arg-type]
     _figures(out, all_schemes, results)  # type: ignore[arg-type]
-    _io.write_text(out / "report.md", _markdown(report, results))  # type: ignore[arg-type]
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report, results))  # type: ignore[arg-type]
 
-
-def _slug(label: str) -> str:
-    keep = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
-    return "-".join(filter(None, keep.split("-")))
 
 
 def _report(all_schemes, results, seeds, quick, elapsed) -> dict[str, Any]:
@@ -200,7 +195,7 @@ def _figures(out: Path, all_schemes, results) -> None:
         top, bottom = fig.subfigures(2, 1)
         plotting.hist_strip(r, "act", fig=top, title=f"{s.label}: activations")
         plotting.hist_strip(r, "grad", fig=bottom, title=f"{s.label}: gradients dL/dh", color="C3")
-        _io.save_figure(fig, out / f"hist-{_slug(s.label)}")
+        _io.save_figure(fig, out / f"hist-{_reports.slug(s.label)}")
     fig = plotting.new_figure(12.0, 4.2)
     ax_act, ax_grad = fig.subplots(1, 2)
     # zero init is all zeros: nothing to draw on a log axis (its verdict is in the report)
@@ -244,12 +239,7 @@ def _markdown(report: dict[str, Any], results) -> str:
         "width 4096): the weights are so large that the few unsaturated units carry huge gradients",
         "(the gradient histograms: a spike at 0 and rare huge values outside the range).",
     ]
-    lines += ["", "## Checks", "", "| check | measured | pass |", "|---|---|---|"]
-    for c in report["checks"]:
-        measured = c["measured"] if isinstance(c["measured"], str) else _fmt(c["measured"])
-        if "tolerance" in c:
-            measured += f" (tolerance {_fmt(c['tolerance'])})"
-        lines.append(f"| {c['check']} | {measured} | {'pass' if c['pass'] else '**FAIL**'} |")
+    lines += ["", *_reports.checks_table(report["checks"])]
     lines += [
         "",
         "## Per-layer tables (means over seeds)",

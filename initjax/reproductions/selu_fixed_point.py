@@ -38,6 +38,7 @@ import numpy as np
 from initjax import _io, activations, plotting, theory
 from initjax.config import NetworkConfig
 from initjax.propagation import Propagation, propagate_shared
+from initjax.reproductions import _reports
 
 NAME = "selu-fixed-point"
 ACTIVATIONS = ("selu", "tanh", "relu")
@@ -109,13 +110,12 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Propagate every start through SELU, tanh and ReLU nets; write figures, data and reports."""
-    out = Path(out)
     t0 = time.perf_counter()
     depth, width, batch, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
         raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    out = _reports.begin(out, NAME)
     configs = [
         NetworkConfig(depth=depth, width=width, batch=batch, init="lecun_normal", activation=a,
                       label=a)
@@ -140,9 +140,7 @@ def run(
     seconds = time.perf_counter() - t0
     report = _report(quick, seeds, depth, width, batch, results, theory_, quad, seconds)
     _figures(out, results, theory_)
-    _io.write_text(out / "report.md", _markdown(report))
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report))
 
 
 def _report(quick, seeds, depth, width, batch, results, theory_, quad, seconds) -> dict[str, Any]:
@@ -289,16 +287,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "docstring). tanh and ReLU with the same weights do not self-normalize: tanh's variance "
         "decays slowly towards 0 (marginal fixed point q* = 0), ReLU's halves per layer.",
         "",
-        "## Checks",
-        "",
-        "| check | measured | tolerance | pass |",
-        "|---|---|---|---|",
+        *_reports.checks_table(report["checks"]),
     ]
-    for c in report["checks"]:
-        m = c["measured"]
-        m = f"{m:.4g}" if isinstance(m, float) else str(m)
-        tol = f"{c['tolerance']:.3g}" if "tolerance" in c else ""
-        lines.append(f"| {c['check']} | {m} | {tol} | {'pass' if c['pass'] else '**FAIL**'} |")
     lines += ["", "Figures: `fixed-point.png` (mean and variance per layer for each activation and "
               "start), `selu-trajectories.png` (the (mean, variance) plane). Data: "
               "`data/<act>-mean*-var*/`.", ""]

@@ -40,6 +40,7 @@ import numpy as np
 from initjax import _io, plotting, theory
 from initjax.config import NetworkConfig
 from initjax.propagation import Propagation, propagate_shared
+from initjax.reproductions import _reports
 
 NAME = "yang2019-bn-gradients"
 LARGE_BATCH = math.pi / (math.pi - 1)
@@ -78,13 +79,12 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Measure the growth rates, write figures, data, ``report.json`` and ``report.md``."""
-    out = Path(out)
     t0 = time.perf_counter()
     batches, width, depth, default_seeds = _sizes(quick)
     seeds = seeds if seeds is not None else default_seeds
     if seeds < 2:
         raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    _io.write_json(out / "report.json", {"name": NAME, "status": "incomplete"})
+    out = _reports.begin(out, NAME)
     results: dict[int, tuple[Propagation, Propagation]] = {}
     for b in batches:
         bn, plain = propagate_shared(configs(b, width, depth), seeds, key=0, progress=progress)
@@ -93,9 +93,7 @@ def run(
         results[b] = (bn, plain)
     report = _report(quick, seeds, batches, width, depth, results, time.perf_counter() - t0)
     _figures(out, batches, results, report)
-    _io.write_text(out / "report.md", _markdown(report))
-    _io.write_json(out / "report.json", report)
-    return report
+    return _reports.finish(out, report, _markdown(report))
 
 
 def _report(quick, seeds, batches, width, depth, results, seconds) -> dict[str, Any]:
@@ -204,17 +202,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "1 / chi^2_3 factor has infinite variance, so that rate converges slowly (its tolerance "
         "uses the heavy-tail error scale, see the module docstring).",
         "",
-        "## Checks",
-        "",
-        "| check | measured | tolerance | pass |",
-        "|---|---|---|---|",
+        *_reports.checks_table(report["checks"]),
     ]
-    for c in report["checks"]:
-        m = c["measured"]
-        m = f"{m:.4f}" if isinstance(m, float) else str(m)
-        tol = f"{c['tolerance']:.4f}" if "tolerance" in c else ""
-        verdict = "pass" if c["pass"] else "**FAIL**"
-        lines.append(f"| {c['check']} | {m} | {tol} | {verdict} |")
     lines += ["", "Figure: `bn-gradients.png` (Var[dL/dh] per layer for each B; measured vs "
               "predicted rate). Data: `data/bn-B*/`, `data/no-bn-B*/`.", ""]
     return "\n".join(lines)
