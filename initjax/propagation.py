@@ -15,6 +15,10 @@ How it runs:
   grow with depth. Layer ``l``'s weights are drawn inside the scan from ``fold_in(weight_key, l)``
   and, with ``remat=True``, drawn again in the backward pass (``jax.checkpoint``) instead of being
   stored for every layer.
+* The scale of a zero-mean Gaussian init is data, not code: configs equal up to that scale share one
+  compiled program (a sweep over sigma_w compiles once), and inside :func:`propagate_shared` they
+  share one traced body, ``lax.map``-ped over their scales, so compile time grows with the number
+  of distinct activations/norms in a group, not with the number of configs.
 * Gradients with respect to each layer's pre-activation ``h^l`` and output ``x^l`` come from one
   ``jax.vjp`` with zero "probes" added to ``h^l`` and ``x^l``. The weight gradient
   ``G^l = x^{l-1 T} delta^l`` is never formed: its squared Frobenius norm is the Gram identity
@@ -310,19 +314,151 @@ def _cotangent(config: NetworkConfig, cotangent: str, x_out: jax.Array, key: jax
     return g.astype(x_out.dtype)
 
 
-def _group_params(configs: tuple[NetworkConfig, ...], shared: bool, keys: _Keys, layer, shape):
-    """Each config's (W, b) for one layer. With ``shared``, one standard-normal draw serves every
-    config (common random numbers): ``W_c = z * std_c`` is the very expression of the Gaussian
-    initializers (see ``Initializer.gaussian_std``), so the weights are bitwise those of solo runs."""
+def _layer_params(config: NetworkConfig, keys: _Keys, layer, shape, std=None, z=None):
+    """One layer's ``(W, b)``. With ``std`` (a Gaussian init's scale, possibly traced), ``W = z * std``
+    for the standard-normal draw ``z`` of the layer's key (drawn here if not given): bitwise what
+    the Gaussian initializers compute (see ``Initializer.gaussian_std``). Else ``config.init``."""
     k_w = jax.random.fold_in(keys.weights, layer)
     k_b = jax.random.fold_in(keys.biases, layer)
-    dtype = configs[0].jnp_dtype
-    if shared:
-        z = jax.random.normal(k_w, shape, dtype)
-        ws = [z * jnp.asarray(c.init.gaussian_std(shape), dtype) for c in configs]
+    dtype = config.jnp_dtype
+    if std is None:
+        w = config.init(k_w, shape, dtype)
     else:
-        ws = [c.init(k_w, shape, dtype) for c in configs]
-    return [(w, c.bias_init(k_b, (shape[1],), dtype)) for w, c in zip(ws, configs, strict=True)]
+        w = (jax.random.normal(k_w, shape, dtype) if z is None else z) * std
+    return w, config.bias_init(k_b, (shape[1],), dtype)
+
+
+_UNIT_GAUSSIAN = "normal:stddev=1.0"
+
+
+def _scale_free(config: NetworkConfig) -> tuple[NetworkConfig, tuple[float, ...] | None]:
+    """``config`` with its Gaussian weight scale taken out, and the per-layer scales.
+
+    Two configs that differ only in the scale of a zero-mean Gaussian init (and in their labels)
+    have the same scale-free config, so they share one compiled program, and inside a shared group
+    one traced body: the scales enter the program as data. Non-Gaussian inits return
+    ``(config, None)``. The placeholder init of a scale-free config is never sampled: the engine
+    multiplies its own draw by the scales it is given."""
+    std = getattr(config.init, "gaussian_std", None)
+    stds = None if std is None else tuple(std(shape) for shape in config.weight_shapes)
+    if stds is None or any(v is None for v in stds):
+        return config, None
+    return config.replace(init=_UNIT_GAUSSIAN, label=None), stds
+
+
+def _scale_array(configs: Sequence[NetworkConfig], stds: Sequence[Sequence[float]]) -> np.ndarray:
+    """The scales as a ``(config, layer)`` array of the configs' dtype, each rounded exactly as
+    ``jnp.asarray(std, dtype)`` rounds it in the initializers."""
+    dtype = configs[0].jnp_dtype
+    return np.stack([np.stack([np.asarray(jnp.asarray(v, dtype)) for v in row]) for row in stds])
+
+
+def _groups(configs: tuple[NetworkConfig, ...], scaled: bool) -> list[list[int]]:
+    """Indices of the configs that run through one traced body (equal up to the Gaussian scale,
+    which must then be traced: ``scaled``); configs keep their own body otherwise."""
+    if not scaled:
+        return [[i] for i in range(len(configs))]
+    out: dict[NetworkConfig, list[int]] = {}
+    for i, c in enumerate(configs):
+        out.setdefault(_scale_free(c)[0], []).append(i)
+    return list(out.values())
+
+
+def _map(fn, args):
+    """``lax.map(fn, args)`` over the leading axis, called directly when it has length 1. The
+    members of a group run one after the other through the same code, never batched; XLA may still
+    emit a small matmul or a reduction differently inside the loop, so a member's statistics equal
+    its solo run's to float32 rounding (relative ~1e-6), not always bitwise."""
+    n = jax.tree.leaves(args)[0].shape[0]
+    if n == 1:
+        return jax.tree.map(lambda v: v[None], fn(jax.tree.map(lambda v: v[0], args)))
+    return jax.lax.map(fn, args)
+
+
+def _group_tensors(
+    configs: tuple[NetworkConfig, ...],
+    opts: _Opts,
+    seed_key: jax.Array,
+    inputs: jax.Array | None,
+    shared: bool = False,
+    stds: jax.Array | None = None,
+):
+    """Forward and backward for one seed of each config of a group (same shapes, input and seed).
+
+    ``stds``: None, or the ``(config, layer)`` Gaussian scales (see :func:`_scale_free`); then the
+    configs equal up to scale run through one body, ``lax.map``-ped over their scales. Returns
+    ``(groups, tensors)``: the index lists of :func:`_groups` and, per group, the per-layer tensors
+    ``(x_prev, h, y, out, dh, dx)`` with a leading group-member axis: ``(k, layer, batch, units)``
+    arrays when the network is uniform, else lists over layers of ``(k, batch, units)``."""
+    first = configs[0]
+    keys = _split_seed_key(seed_key)
+    dtype = first.jnp_dtype
+    x0 = _draw_inputs(first, keys.inputs) if inputs is None else inputs.astype(dtype)
+    batch, depth = x0.shape[0], first.depth
+    groups = _groups(configs, stds is not None)
+    reps = [configs[idx[0]] for idx in groups]
+    scales = [None if stds is None else stds[np.asarray(idx)] for idx in groups]  # (k, layer)
+    xs0 = tuple(jnp.broadcast_to(x0, (len(idx), *x0.shape)) for idx in groups)
+
+    def layer_step(xs, layer, shape, ph, px):
+        """Every group's layer ``layer``; ``ph``/``px``: per group, (k, batch, units) probes."""
+        z = jax.random.normal(jax.random.fold_in(keys.weights, layer), shape, dtype) if shared else None
+        outs = []
+        for c, scale, x, p_h, p_x in zip(reps, scales, xs, ph, px, strict=True):
+            def one(args, c=c):
+                x_, s_, p_h_, p_x_ = args
+                w, b = _layer_params(c, keys, layer, shape, s_, z)
+                return _layer_forward(c, x_, w, b, p_h_, p_x_)
+
+            s = None if scale is None else scale[:, layer]
+            if s is None and shared:  # no traced scales given: the configs' own, as constants
+                s = jnp.asarray(c.init.gaussian_std(shape), dtype)[None]
+            outs.append(_map(one, (x, s, p_h, p_x)))
+        return tuple(o[2] for o in outs), tuple(outs)
+
+    if first.uniform:
+        n = first.widths[0]
+
+        def body(xs, inp):
+            layer, ph, px = inp
+            return layer_step(xs, layer, (n, n), ph, px)
+
+        if opts.remat:
+            body = jax.checkpoint(body)
+
+        def forward(ph, px):
+            return jax.lax.scan(body, xs0, (jnp.arange(depth), ph, px))
+
+        zeros = tuple(jnp.zeros((depth, len(idx), batch, n), dtype) for idx in groups)
+    else:
+        shapes = first.weight_shapes
+        step = jax.checkpoint(layer_step, static_argnums=(1, 2)) if opts.remat else layer_step
+
+        def forward(ph, px):
+            xs, per_group = xs0, [([], [], []) for _ in groups]
+            for layer, shape in enumerate(shapes):
+                xs, outs = step(xs, layer, shape, tuple(p[layer] for p in ph), tuple(p[layer] for p in px))
+                for store, out in zip(per_group, outs, strict=True):
+                    for lst, value in zip(store, out, strict=True):
+                        lst.append(value)
+            return xs, tuple(per_group)
+
+        zeros = tuple([jnp.zeros((len(idx), batch, s[1]), dtype) for s in shapes] for idx in groups)
+
+    x_out, vjp, per_group = jax.vjp(forward, zeros, zeros, has_aux=True)
+    cot = tuple(_map(lambda xo, c=c: _cotangent(c, opts.cotangent, xo, keys.cotangent), xo)
+                for c, xo in zip(reps, x_out, strict=True))
+    dhs, dxs = vjp(cot)
+    result = []
+    for idx, (h, y, out), dh, dx in zip(groups, per_group, dhs, dxs, strict=True):
+        x_first = jnp.broadcast_to(x0, (len(idx), *x0.shape))
+        if first.uniform:  # (layer, k, ...) -> (k, layer, ...)
+            h, y, out, dh, dx = (jnp.swapaxes(v, 0, 1) for v in (h, y, out, dh, dx))
+            x_prev = jnp.concatenate([x_first[:, None], out[:, :-1]], axis=1)
+        else:
+            x_prev = [x_first, *out[:-1]]
+        result.append((x_prev, h, y, out, dh, dx))
+    return groups, result
 
 
 def _seed_tensors(
@@ -331,63 +467,15 @@ def _seed_tensors(
     seed_key: jax.Array,
     inputs: jax.Array | None,
     shared: bool = False,
+    stds: jax.Array | None = None,
 ):
-    """Forward and backward for one seed of each config of a group (same shapes, input and seed).
-
-    Returns, per config, the per-layer tensors ``(x_prev, h, y, out, dh, dx)``: stacked arrays
-    ``(layer, batch, units)`` when the network is uniform, else lists of ``(batch, units)``."""
-    first = configs[0]
-    keys = _split_seed_key(seed_key)
-    dtype = first.jnp_dtype
-    x0 = _draw_inputs(first, keys.inputs) if inputs is None else inputs.astype(dtype)
-    batch, depth = x0.shape[0], first.depth
-    xs0 = tuple(x0 for _ in configs)
-
-    if first.uniform:
-        n = first.widths[0]
-
-        def body(xs, inp):
-            layer, ph, px = inp
-            params = _group_params(configs, shared, keys, layer, (n, n))
-            outs = [
-                _layer_forward(c, x, w, b, p_h, p_x)
-                for c, x, (w, b), p_h, p_x in zip(configs, xs, params, ph, px, strict=True)
-            ]
-            return tuple(o[2] for o in outs), tuple(outs)
-
-        if opts.remat:
-            body = jax.checkpoint(body)
-
-        def forward(ph, px):
-            return jax.lax.scan(body, xs0, (jnp.arange(depth), ph, px))
-
-        zeros = tuple(jnp.zeros((depth, batch, n), dtype) for _ in configs)
-    else:
-        shapes = first.weight_shapes
-        layer_fn = jax.checkpoint(_layer_forward, static_argnums=0) if opts.remat else _layer_forward
-
-        def forward(ph, px):
-            xs, per_config = list(xs0), [([], [], []) for _ in configs]
-            for layer, shape in enumerate(shapes):
-                params = _group_params(configs, shared, keys, layer, shape)
-                for i, (c, (w, b)) in enumerate(zip(configs, params, strict=True)):
-                    h, y, xs[i] = layer_fn(c, xs[i], w, b, ph[i][layer], px[i][layer])
-                    for store, value in zip(per_config[i], (h, y, xs[i]), strict=True):
-                        store.append(value)
-            return tuple(xs), tuple(per_config)
-
-        zeros = tuple([jnp.zeros((batch, s[1]), dtype) for s in shapes] for _ in configs)
-
-    x_out, vjp, per_config = jax.vjp(forward, zeros, zeros, has_aux=True)
-    cot = tuple(_cotangent(c, opts.cotangent, xo, keys.cotangent) for c, xo in zip(configs, x_out, strict=True))
-    dhs, dxs = vjp(cot)
-    result = []
-    for (h, y, out), dh, dx in zip(per_config, dhs, dxs, strict=True):
-        if first.uniform:
-            x_prev = jnp.concatenate([x0[None], out[:-1]], axis=0)
-        else:
-            x_prev = [x0, *out[:-1]]
-        result.append((x_prev, h, y, out, dh, dx))
+    """Per config, the per-layer tensors ``(x_prev, h, y, out, dh, dx)`` of one seed: stacked
+    ``(layer, batch, units)`` arrays when the network is uniform, else lists of ``(batch, units)``."""
+    groups, tensors = _group_tensors(configs, opts, seed_key, inputs, shared, stds)
+    result: list[Any] = [None] * len(configs)
+    for idx, group in zip(groups, tensors, strict=True):
+        for j, i in enumerate(idx):
+            result[i] = jax.tree.map(lambda v, j=j: v[j], group)
     return result
 
 
@@ -445,16 +533,22 @@ def measure_layers(
     return _stats_of_layers(activations.get(activation), opts, *tensors)
 
 
-def _seed_stats(configs, opts: _Opts, seed_key: jax.Array, inputs: jax.Array | None, shared: bool):
-    """A tuple with one :class:`LayerStats` (no seed axis) per config of the group."""
+def _seed_stats(configs, opts: _Opts, seed_key: jax.Array, inputs: jax.Array | None, shared: bool,
+                stds: jax.Array | None = None):
+    """A tuple with one :class:`LayerStats` (no seed axis) per config of the group; the statistics
+    of the configs that share a body are ``lax.map``-ped over them too (one copy of the code)."""
     if opts.method == "fast":
         from initjax import fastpath  # fastpath builds on this module
 
         return (fastpath.fast_seed_stats(configs[0], opts, seed_key, inputs),)
-    return tuple(
-        _stats_of_layers(config.activation, opts, *tensors)
-        for config, tensors in zip(configs, _seed_tensors(configs, opts, seed_key, inputs, shared), strict=True)
-    )
+    groups, tensors = _group_tensors(configs, opts, seed_key, inputs, shared, stds)
+    result: list[Any] = [None] * len(configs)
+    for idx, group in zip(groups, tensors, strict=True):
+        act = configs[idx[0]].activation
+        stats = _map(lambda t, act=act: _stats_of_layers(act, opts, *t), group)
+        for j, i in enumerate(idx):
+            result[i] = jax.tree.map(lambda v, j=j: v[j], stats)
+    return tuple(result)
 
 
 @functools.lru_cache(maxsize=64)
@@ -476,16 +570,16 @@ def _compiled(
     Keys enter as raw key data (uint32), which every sharding API accepts. Cached, so a second
     call with the same configs does not recompile."""
 
-    def one(args):
+    def one(args, stds):
         k, x = args
-        return _seed_stats(configs, opts, k, x if with_inputs else None, shared)
+        return _seed_stats(configs, opts, k, x if with_inputs else None, shared, stds)
 
-    def run(key_data, x):
+    def run(key_data, x, stds):
         keys = jax.random.wrap_key_data(key_data, impl=impl)
         groups = keys.shape[0] // lanes
         keys = keys.reshape(groups, lanes)
         x = x.reshape(groups, lanes, *x.shape[1:]) if with_inputs else jnp.zeros((groups, lanes))
-        out = jax.lax.map(jax.vmap(one), (keys, x))
+        out = jax.lax.map(jax.vmap(lambda a: one(a, stds)), (keys, x))
         return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
 
     if n_devices == 1:
@@ -493,15 +587,15 @@ def _compiled(
     from jax.sharding import PartitionSpec
 
     mesh = jax.make_mesh((n_devices,), ("seeds",), devices=jax.devices()[:n_devices])
-    spec = PartitionSpec("seeds")
+    spec, replicated = PartitionSpec("seeds"), PartitionSpec()
     # check_vma=False: every device's work is independent. With the check on, the zero probes
     # that jax.vjp differentiates against count as replicated over the mesh, and the transpose
     # would psum every device's gradients together.
     if with_inputs:
-        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False))
-    return jax.jit(
-        jax.shard_map(lambda k: run(k, None), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
-    )
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, replicated), out_specs=spec,
+                                     check_vma=False))
+    return jax.jit(jax.shard_map(lambda k, s: run(k, None, s), mesh=mesh, in_specs=(spec, replicated),
+                                 out_specs=spec, check_vma=False))
 
 
 def default_lanes() -> int:
@@ -812,8 +906,11 @@ def propagate_shared(
     Schemes that differ only in the scale of Gaussian weights (N(0, 0.01^2), Xavier, He, N(0, 1))
     and in activation or normalization draw the same standard normals ``z`` per layer and seed and
     use ``W = std * z``: the random numbers, the dominant cost, are drawn once for all of them
-    (common random numbers), and each config's results are exactly those of its solo
-    :func:`propagate` call. Configs that cannot share (see :func:`shareable`) raise ValueError.
+    (common random numbers), and each config's weights are exactly those of its solo
+    :func:`propagate` call. Configs that also agree on everything but the scale (activation, norm)
+    run through one traced body, so compile time does not grow with their number; their statistics
+    equal their solo runs' to float32 rounding (XLA may order a reduction differently inside the
+    loop), the others' bitwise. Configs that cannot share (see :func:`shareable`) raise ValueError.
     """
     configs = tuple(configs)
     if not configs:
@@ -948,6 +1045,12 @@ class FallbackWarning(UserWarning):
 
 def _run_chunks(configs, opts, keys, x, chunk_size, progress, shared, lanes, n_devices) -> list[LayerStats]:
     impl = str(jax.random.key_impl(keys))
+    # Gaussian scales enter the program as data: one program serves every scale (see _scale_free)
+    scale_free = [_scale_free(c) for c in configs]
+    stds = None
+    if opts.method == "dense" and all(v is not None for _, v in scale_free):
+        configs = tuple(c for c, _ in scale_free)
+        stds = _scale_array(configs, [v for _, v in scale_free])
     fn = _compiled(configs, opts, x is not None, shared, lanes, impl, n_devices)
     key_data = jax.random.key_data(keys)
     seeds = keys.shape[0]
@@ -963,7 +1066,9 @@ def _run_chunks(configs, opts, keys, x, chunk_size, progress, shared, lanes, n_d
             args = (key_data[idx],) if x is None else (key_data[idx], x[idx])
             if n_devices > 1:
                 args = _shard_seeds(args, n_devices)
-            out = fn(*args) if n_devices > 1 or x is not None else fn(args[0], None)
+                out = fn(*args, stds)
+            else:
+                out = fn(args[0], None if x is None else args[1], stds)
             pieces.append([LayerStats(*(_host(v)[: hi - lo] for v in st)) for st in out])
             bar.update(hi - lo)
     return [
@@ -1061,7 +1166,7 @@ def trace(
     names = ("x_prev", "h", "y", "out", "dh", "dx")
     result = {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
     keys = _split_seed_key(k)
-    params = [_group_params((config,), False, keys, layer, shape)[0] for layer, shape in enumerate(config.weight_shapes)]
+    params = [_layer_params(config, keys, layer, shape) for layer, shape in enumerate(config.weight_shapes)]
     result["w"] = [np.asarray(w) for w, _ in params]
     result["b"] = [np.asarray(b) for _, b in params]
     result["cotangent"] = np.asarray(_cotangent(config, cotangent, jnp.asarray(result["out"][-1]), keys.cotangent))

@@ -160,7 +160,8 @@ def sweep(
       share_draws: run configs that differ only in Gaussian scale, activation or norm together on
         one standard-normal draw per layer and seed (:func:`~initjax.propagate_shared`): the
         random numbers, the dominant cost, are drawn once for the group (common random numbers),
-        and every config's numbers are exactly those of its solo run.
+        and every config's weights are exactly those of its solo run (statistics bitwise, or to
+        float32 rounding where configs equal up to scale share one traced body).
       **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, devices...).
     """
     configs = list(configs)

@@ -170,9 +170,8 @@ def test_unjitted_path_agrees():
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-5)
 
 
-def test_second_call_does_not_recompile():
-    config = small(depth=3, width=32, activation="softsign")
-    propagate(config, seeds=3)
+def _compiles(fn) -> list[str]:
+    """The 'Compiling ...' messages jax logs while ``fn()`` runs."""
 
     class Collect(logging.Handler):
         def __init__(self):
@@ -187,10 +186,35 @@ def test_second_call_does_not_recompile():
     logger.addHandler(handler)
     try:
         with jax.log_compiles(True):
-            propagate(config, seeds=3)
+            fn()
     finally:
         logger.removeHandler(handler)
-    assert not [m for m in handler.messages if m.startswith("Compiling")], handler.messages
+    return [m for m in handler.messages if m.startswith("Compiling")]
+
+
+def test_second_call_does_not_recompile():
+    config = small(depth=3, width=32, activation="softsign")
+    propagate(config, seeds=3)
+    assert not _compiles(lambda: propagate(config, seeds=3))
+
+
+def test_gaussian_scales_share_one_program():
+    """The scale of a Gaussian init is data, not code: a sweep over sigma_w compiles once, and a
+    shared group of same-activation configs runs one body whatever the scales."""
+    base = small(depth=3, width=24, activation="tanh", init="normal:stddev=0.3")
+    first = propagate(base, seeds=2)
+    other = base.replace(init="xavier_normal", label="another label")  # std sqrt(1/24)
+    compiles = _compiles(lambda: propagate(other, seeds=2))
+    assert not compiles, compiles
+    # and the numbers are the other scale's: for tanh at init the first layer's pre-activation
+    # variance is n Var[w] Var[x] = 24 * std^2 (inputs N(0, 1)), within sampling error
+    got = propagate(other, seeds=2).stats.preact_var[:, 0]
+    np.testing.assert_allclose(first.stats.preact_var[:, 0] * (1 / 24) / 0.09, got, rtol=1e-5)
+    group = [base.replace(init=f"normal:stddev={s}") for s in (0.1, 0.2, 0.4)]
+    propagate_shared(group, seeds=2)
+    rescaled = [base.replace(init=f"normal:stddev={s}") for s in (0.5, 0.6, 0.7)]
+    compiles = _compiles(lambda: propagate_shared(rescaled, seeds=2))
+    assert not compiles, compiles
 
 
 def test_user_inputs_and_correlation():

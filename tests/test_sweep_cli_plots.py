@@ -14,10 +14,19 @@ from initjax.propagation import LayerStats
 BASE = NetworkConfig(depth=3, width=16, batch=4, activation="tanh")
 
 
-def _equal(a: Propagation, b: Propagation):
+def _equal(a: Propagation, b: Propagation, exact: bool = True):
+    """Equal statistics: bitwise, or (``exact=False``: configs that shared a traced body with
+    others, whose reductions XLA may order differently) floats within float32 rounding of the
+    layer's scale and histogram counts within one value moved across a bin edge."""
     assert a.config == b.config
     for f in LayerStats._fields:
-        np.testing.assert_array_equal(getattr(a.stats, f), getattr(b.stats, f), err_msg=f)
+        x, y = np.asarray(getattr(a.stats, f)), np.asarray(getattr(b.stats, f))
+        if exact:
+            np.testing.assert_array_equal(x, y, err_msg=f)
+        elif np.issubdtype(x.dtype, np.integer):
+            assert np.abs(x - y).sum() <= 2, f
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(y)), err_msg=f)
 
 
 def test_grid_is_the_cartesian_product_with_labels():
@@ -169,7 +178,8 @@ def test_seed_demo_quick(tmp_path):
 
 def test_sweep_shares_draws_and_matches_solo_runs(monkeypatch):
     """The five-scheme demo as one sweep: Gaussian schemes run as one shared-draw group, the zero
-    init alone; every result equals its solo propagate call bit for bit."""
+    init alone; every result equals its solo propagate call (bit for bit, or to float32 rounding
+    for the configs that share a traced body)."""
     import initjax.sweeps as sweep_module
 
     base = NetworkConfig(depth=3, width=16, batch=4)
@@ -182,4 +192,23 @@ def test_sweep_shares_draws_and_matches_solo_runs(monkeypatch):
     result = sweep(configs, seeds=2)
     assert groups == [3]
     for c, r in zip(configs, result):
-        _equal(r, propagate(c, seeds=2))
+        # the two ReLU schemes differ only in scale: one traced body, equal to rounding
+        _equal(r, propagate(c, seeds=2), exact=c.activation.name != "relu")
+
+
+def test_cli_persistent_compilation_cache(tmp_path):
+    """The CLI stores its compiled programs in INITJAX_CACHE_DIR (an empty value turns it off)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "initjax.cli", "propagate", "--depth", "2", "--width", "8",
+            "--batch", "2", "--seeds", "1", "--json"]
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    on, off = tmp_path / "cache", tmp_path / "off"
+    subprocess.run(argv, env={**env, "INITJAX_CACHE_DIR": str(on)}, check=True, capture_output=True)
+    assert any(p.name.startswith("jit_run") for p in on.iterdir())
+    subprocess.run(argv, env={**env, "INITJAX_CACHE_DIR": "", "HOME": str(off)}, check=True,
+                   capture_output=True)
+    assert not (off / ".cache" / "initjax").exists()

@@ -103,6 +103,7 @@ def _report(quick, seeds, cfg, rec: Records, hist, seconds) -> dict[str, Any]:
     below = np.flatnonzero((top < 0.1) & (top < lower.min(axis=1)))
     first_below = int(steps[below[0]]) if below.size else None
     t_min = int(np.argmin(top))
+    sat = _median(rec.saturated)  # (arm, record, layer): fraction within 1% of the range from a bound
     recovered = bool(top[-1] > max(0.1, 2 * top[t_min])) and t_min < len(top) - 1
     checks = [
         {"check": "sigmoid: the top hidden layer's mean activation drops below 0.1 and below every "
@@ -110,15 +111,15 @@ def _report(quick, seeds, cfg, rec: Records, hist, seconds) -> dict[str, Any]:
          "measured": f"top-layer mean {top[0]:.3f} at step 0, min {top[t_min]:.3f} at step {int(steps[t_min])}; "
                      f"first below 0.1 and the lower layers at step {first_below}",
          "pass": first_below is not None and first_below <= steps[-1] // 3},
-        {"check": "sigmoid: the lower hidden layers stay unsaturated (mean in 0.2..0.8) while the top "
-                  "layer is saturated",
-         "measured": "lower-layer means at the top layer's minimum: "
-                     + ", ".join(f"{v:.3f}" for v in lower[t_min]),
-         "pass": bool(np.all((lower[t_min] > 0.2) & (lower[t_min] < 0.8)))},
+        {"check": "sigmoid: when the top hidden layer is most saturated, >= 90% of its activations are "
+                  "within 1% of the range from a bound (0 or 1) and < 10% of each lower layer's are",
+         "measured": "saturated fractions at the top layer's minimum, layers 1..4: "
+                     + ", ".join(f"{v:.3f}" for v in sat[sig, t_min])
+                     + "; lower-layer means " + ", ".join(f"{v:.3f}" for v in lower[t_min]),
+         "pass": bool(sat[sig, t_min, -1] >= 0.9 and np.all(sat[sig, t_min, :-1] < 0.1))},
     ]
     # Figures 3-4 (tanh, softsign): measured and reported, not checked: in the paper they develop
     # over a training run far longer than ours
-    sat = _median(rec.saturated)  # (arm, record, layer)
     tanh = ACTIVATIONS.index("tanh")
     p98 = _median(rec.act_percentiles[..., PERCENTILES.index(98.0)])  # (arm, record, layer)
     # first step at which each tanh layer has its 98th percentile above 0.98 (saturated tail)
@@ -227,6 +228,12 @@ def _markdown(r: dict[str, Any]) -> str:
                     if r["sigmoid_top_layer_recovered"] else
                     f"no recovery within the {s['steps']} updates of this run; the paper's recovery comes "
                     "more than two orders of magnitude later, outside what we ran."),
+        "",
+        "Lower layers: the paper reads 'unsaturated' off means that stay near 0.5; ours drift upward with "
+        "height (the row above) while staying unsaturated, so the check counts saturation directly: the "
+        "fraction of activations within 1% of the range from 0 or 1. (A first version of the check "
+        "asked for lower-layer means in 0.2..0.8; it failed in full mode on layer 3, mean 0.81 with no "
+        "saturated unit, and was replaced by the direct measure.)",
         "",
         "## Tanh and softsign (Figures 3-4)",
         "",
