@@ -20,15 +20,16 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from initjax import NetworkConfig
-from initjax.propagation import _compiled, _Opts, _as_key, seed_keys, default_lanes, propagate
+from initjax.propagation import _compiled, _Opts, _as_key, _as_scaled, seed_keys, default_lanes, propagate
 depth, width, batch, seeds = map(int, sys.argv[1:5])
 c = NetworkConfig(depth=depth, width=width, batch=batch, init="he_normal", activation="relu")
 opts = _Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
 keys = seed_keys(_as_key(0, "philox2x32"), np.arange(seeds))
 import jax
-fn = _compiled((c,), opts, False, False, default_lanes(), "philox2x32", 1)
+scaled, stds = _as_scaled((c,))
+fn = _compiled(scaled, opts, False, False, default_lanes(), "philox2x32", 1)
 t = time.perf_counter()
-compiled = fn.lower(jax.random.key_data(keys), None).compile()
+compiled = fn.lower(jax.random.key_data(keys), None, stds).compile()
 compile_s = time.perf_counter() - t
 propagate(c, seeds=seeds, chunk_size=seeds, progress=False)  # warm (compiles through the cache)
 t = time.perf_counter()

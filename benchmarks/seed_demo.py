@@ -8,9 +8,11 @@ numpy: for each scheme, a fresh float32 draw per layer (``default_rng().standard
 forward pass, an N(0, 1) cotangent back-propagated, and the weight gradient's variance formed
 explicitly, as a plain script would. PyTorch eager (if installed: ``pip install -e ".[bench]"``):
 the same with ``torch.randn`` and autograd. initjax: ``propagate_shared`` over the five schemes (one draw
-per layer shared by the schemes, all of :class:`~initjax.LayerStats` measured). The time per seed is
-marginal: (time of S2 seeds - time of S1 seeds) / (S2 - S1), after a warm-up call that compiles;
-compile time is reported separately. Prints seconds per seed and the ratio.
+per layer shared by the schemes, all of :class:`~initjax.LayerStats` measured). The same for one
+scheme alone (ReLU with He weights; ``propagate``). The time per seed is marginal: (time of S2
+seeds - time of S1 seeds) / (S2 - S1), after a warm-up call that compiles; compile time (the first
+call, no persistent cache) is reported separately, and the peak resident memory of a fresh process
+running 32 seeds of the five-scheme sweep. Prints seconds per seed and the ratios.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from initjax import NetworkConfig, propagate_shared
+from initjax import NetworkConfig, propagate, propagate_shared
 
 SCHEMES = [
     ("tanh", "normal:stddev=0.01", lambda n: 0.01),
@@ -34,10 +39,14 @@ SCHEMES = [
 ]
 
 
-def numpy_seed(rng: np.random.Generator, width: int, depth: int, batch: int, backward: bool) -> float:
-    """One seed of the five schemes with plain numpy; returns a checksum so nothing is skipped."""
+ONE = SCHEMES[-1:]  # ReLU, He
+
+
+def numpy_seed(rng: np.random.Generator, width: int, depth: int, batch: int, backward: bool,
+               schemes=SCHEMES) -> float:
+    """One seed of the schemes with plain numpy; returns a checksum so nothing is skipped."""
     total = 0.0
-    for act, _, std in SCHEMES:
+    for act, _, std in schemes:
         x = rng.standard_normal((batch, width), dtype=np.float32)
         ws, hs, xs = [], [], [x]
         for _ in range(depth):
@@ -57,20 +66,20 @@ def numpy_seed(rng: np.random.Generator, width: int, depth: int, batch: int, bac
     return total
 
 
-def time_numpy(width, depth, batch, seeds, backward) -> float:
+def time_numpy(width, depth, batch, seeds, backward, schemes=SCHEMES) -> float:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(seeds):
-        numpy_seed(rng, width, depth, batch, backward)
+        numpy_seed(rng, width, depth, batch, backward, schemes)
     return (time.perf_counter() - start) / seeds
 
 
-def torch_seed(width: int, depth: int, batch: int) -> float:
-    """One seed of the five schemes in PyTorch eager, forward and backward with autograd."""
+def torch_seed(width: int, depth: int, batch: int, schemes=SCHEMES) -> float:
+    """One seed of the schemes in PyTorch eager, forward and backward with autograd."""
     import torch
 
     total = 0.0
-    for act, _, std in SCHEMES:
+    for act, _, std in schemes:
         x = torch.randn(batch, width)
         ws = [(torch.randn(width, width) * std(width)).requires_grad_() for _ in range(depth)]
         h = x
@@ -82,25 +91,45 @@ def torch_seed(width: int, depth: int, batch: int) -> float:
     return total
 
 
-def time_torch(width, depth, batch, seeds) -> float:
-    torch_seed(width, depth, batch)  # warm up
+def time_torch(width, depth, batch, seeds, schemes=SCHEMES) -> float:
+    torch_seed(width, depth, batch, schemes)  # warm up
     start = time.perf_counter()
     for _ in range(seeds):
-        torch_seed(width, depth, batch)
+        torch_seed(width, depth, batch, schemes)
     return (time.perf_counter() - start) / seeds
 
 
-def time_initjax(width, depth, batch, s1, s2) -> tuple[float, float]:
-    configs = [NetworkConfig(depth=depth, width=width, batch=batch, init=init, activation=act) for act, init, _ in SCHEMES]
+def _configs(width, depth, batch, schemes):
+    return [NetworkConfig(depth=depth, width=width, batch=batch, init=init, activation=act) for act, init, _ in schemes]
+
+
+def time_initjax(width, depth, batch, s1, s2, schemes=SCHEMES) -> tuple[float, float]:
+    configs = _configs(width, depth, batch, schemes)
+    run = (lambda **k: propagate(configs[0], **k)) if len(configs) == 1 else (lambda **k: propagate_shared(configs, **k))
     start = time.perf_counter()
-    propagate_shared(configs, seeds=1, progress=False)  # compile
+    run(seeds=1, progress=False, chunk_size=1)  # compile
     compile_s = time.perf_counter() - start
     times = {}
     for s in (s1, s2):
         start = time.perf_counter()
-        propagate_shared(configs, seeds=s, progress=False, chunk_size=1)
+        run(seeds=s, progress=False, chunk_size=1)
         times[s] = time.perf_counter() - start
-    return (times[s2] - times[s1]) / (s2 - s1), compile_s
+    per_seed = (times[s2] - times[s1]) / (s2 - s1)
+    return per_seed, compile_s - per_seed  # the first call ran one seed besides compiling
+
+
+def peak_memory_gib(width, depth, batch, seeds) -> float:
+    """Peak resident memory (GiB) of a fresh process running ``seeds`` seeds of the five schemes
+    with the default memory budget (chunks sized by the engine)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, '.');"
+        "from benchmarks.seed_demo import _configs, SCHEMES; from initjax import propagate_shared;"
+        f"propagate_shared(_configs({width}, {depth}, {batch}, SCHEMES), seeds={seeds}, progress=False);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root)
+    return int(out.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
@@ -111,14 +140,20 @@ def main() -> None:
     p.add_argument("--numpy-seeds", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs=2, default=(2, 6), metavar=("S1", "S2"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--memory-seeds", type=int, default=32, help="seeds of the peak-memory run (0: skip)")
     a = p.parse_args()
-    np_fwd = time_numpy(a.width, a.depth, a.batch, a.numpy_seeds, backward=False)
-    np_full = time_numpy(a.width, a.depth, a.batch, a.numpy_seeds, backward=True)
-    ij, compile_s = time_initjax(a.width, a.depth, a.batch, *a.seeds)
+    shape = (a.width, a.depth, a.batch)
+    np_fwd = time_numpy(*shape, a.numpy_seeds, backward=False)
+    np_full = time_numpy(*shape, a.numpy_seeds, backward=True)
+    np_one = time_numpy(*shape, a.numpy_seeds, backward=True, schemes=ONE)
+    ij, compile_s = time_initjax(*shape, *a.seeds)
+    ij_one, compile_one = time_initjax(*shape, *a.seeds, schemes=ONE)
     try:
-        pt = time_torch(a.width, a.depth, a.batch, a.numpy_seeds)
+        pt = time_torch(*shape, a.numpy_seeds)
+        pt_one = time_torch(*shape, a.numpy_seeds, schemes=ONE)
     except ImportError:
-        pt = float("nan")
+        pt = pt_one = float("nan")
+    mem = peak_memory_gib(*shape, a.memory_seeds) if a.memory_seeds else float("nan")
     result = {
         "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
@@ -128,23 +163,34 @@ def main() -> None:
         "schemes": len(SCHEMES),
         "numpy_forward_s_per_seed": np_fwd,
         "numpy_forward_backward_s_per_seed": np_full,
+        "numpy_one_scheme_s_per_seed": np_one,
         "initjax_forward_backward_s_per_seed": ij,
+        "initjax_one_scheme_s_per_seed": ij_one,
         "torch_forward_backward_s_per_seed": pt,
+        "torch_one_scheme_s_per_seed": pt_one,
         "initjax_compile_s": compile_s,
+        "initjax_one_scheme_compile_s": compile_one,
         "speedup_vs_numpy_forward_backward": np_full / ij,
         "speedup_vs_torch": pt / ij,
+        "one_scheme_speedup_vs_numpy": np_one / ij_one,
+        "one_scheme_speedup_vs_torch": pt_one / ij_one,
+        "peak_memory_gib": mem,
+        "memory_seeds": a.memory_seeds,
     }
     if a.json:
         print(json.dumps(result, indent=2))
         return
     print(f"machine: {result['machine']}, jax {jax.__version__}")
-    print(f"classic demo, {len(SCHEMES)} schemes, {a.depth} layers x {a.width}, batch {a.batch}; seconds per seed:")
-    print(f"  numpy loop, forward only         {np_fwd:8.3f}")
-    print(f"  numpy loop, forward + backward   {np_full:8.3f}")
-    print(f"  PyTorch eager, forward + backward {pt:7.3f}")
-    print(f"  initjax, forward + backward      {ij:8.3f}   (compile {compile_s:.1f} s, once)")
-    print(f"  ratio numpy / initjax (fwd+bwd)  {np_full / ij:8.2f}x")
-    print(f"  ratio PyTorch / initjax          {pt / ij:8.2f}x")
+    print(f"classic demo, {a.depth} layers x {a.width}, batch {a.batch}; seconds per seed, forward + backward:")
+    print(f"  numpy loop, forward only, 5 schemes    {np_fwd:8.3f}")
+    print("                                   one scheme  five schemes")
+    print(f"  numpy loop                        {np_one:9.3f}  {np_full:12.3f}")
+    print(f"  PyTorch eager                     {pt_one:9.3f}  {pt:12.3f}")
+    print(f"  initjax                           {ij_one:9.3f}  {ij:12.3f}")
+    print(f"  ratio numpy / initjax             {np_one / ij_one:8.2f}x  {np_full / ij:11.2f}x")
+    print(f"  ratio PyTorch / initjax           {pt_one / ij_one:8.2f}x  {pt / ij:11.2f}x")
+    print(f"  initjax compile (first call - 1 seed) {compile_one:5.2f}s  {compile_s:11.2f}s")
+    print(f"  peak RSS, {a.memory_seeds} seeds, five schemes: {mem:.2f} GiB")
 
 
 if __name__ == "__main__":

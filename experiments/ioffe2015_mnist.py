@@ -3,10 +3,10 @@
     python experiments/ioffe2015_mnist.py [--quick] [--seeds N] [--out DIR]
 
 Same as ``initjax reproduce ioffe2015-mnist``; see ``initjax/reproductions/ioffe2015_mnist.py``.
-It trains on scikit-learn's digits (no download). For MNIST, call the module's ``run`` with
-``data_dir`` pointing at the four IDX files (``initjax.data.mnist``), e.g.
+It trains on scikit-learn's digits (no download); for MNIST (the paper's data, 50,000 steps), point
+``--data-dir`` at a directory holding its four IDX files (``initjax.data.mnist``):
 
-    python -c "from initjax.reproductions import ioffe2015_mnist as m; m.run('results/ioffe2015-mnist', data_dir='~/data/mnist')"
+    python experiments/ioffe2015_mnist.py --data-dir ~/data/mnist
 """
 
 import sys

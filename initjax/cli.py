@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("dense", "fast"), default="dense",
                    help="dense: sample weight matrices; fast: exact O(batch x width) sampling for Gaussian weights")
     p.add_argument("--memory-budget", type=float, default=None, help="bytes of temporaries per chunk (default 2 GiB)")
+    p.add_argument("--devices", default=None,
+                   help="split the seeds over this many devices, or 'all' (needs --prng-impl threefry2x32)")
+    p.add_argument("--prng-impl", default="philox2x32",
+                   help="PRNG implementation: philox2x32 (default), philox4x32, threefry2x32, threefry4x32")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", type=Path, default=None, help="write data and figures into this directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,6 +140,15 @@ def _format_table(result) -> str:
     return "\n".join(lines)
 
 
+def _devices(value: str | None) -> int | str | None:
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--devices must be a positive integer or 'all', got {value!r}") from None
+
+
 def _cmd_propagate(args: argparse.Namespace) -> int:
     from initjax import _io, plotting
     from initjax.config import NetworkConfig
@@ -160,6 +173,7 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
         result = propagate(
             config, args.seeds, args.key, cotangent=args.cotangent, bins=args.bins,
             progress=False if args.quiet else None, method=args.method, memory_budget=args.memory_budget,
+            devices=_devices(args.devices), prng_impl=args.prng_impl,
         )
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)

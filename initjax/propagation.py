@@ -283,11 +283,14 @@ def _normalize(config: NetworkConfig, z: jax.Array) -> jax.Array:
     return ((zf - mean) * jax.lax.rsqrt(var + config.norm_eps)).astype(z.dtype)
 
 
-def _layer_forward(config: NetworkConfig, x, w, b, probe_h, probe_x):
+def _layer_forward(config: NetworkConfig, x, w, b, probe_h, probe_x, scale=None):
     """One layer: returns (h, phi output, layer output). Probes are zeros whose cotangents are
-    dL/dh and dL/dx."""
+    dL/dh and dL/dx. With ``scale``, the weights are ``scale * w`` and ``h = (x w) scale + b``: the
+    scaled matrix is never formed (an n^2 product and write per config and layer saved; the
+    rounding differs from ``x (w scale)`` only in the last bit)."""
     act = config.activation
-    h = x @ w + b[None, :] + probe_h
+    xw = x @ w if scale is None else (x @ w) * scale
+    h = xw + b[None, :] + probe_h
     if config.norm_placement == "before":
         y = act(_normalize(config, h))
         out = y
@@ -314,18 +317,25 @@ def _cotangent(config: NetworkConfig, cotangent: str, x_out: jax.Array, key: jax
     return g.astype(x_out.dtype)
 
 
-def _layer_params(config: NetworkConfig, keys: _Keys, layer, shape, std=None, z=None):
-    """One layer's ``(W, b)``. With ``std`` (a Gaussian init's scale, possibly traced), ``W = z * std``
-    for the standard-normal draw ``z`` of the layer's key (drawn here if not given): bitwise what
-    the Gaussian initializers compute (see ``Initializer.gaussian_std``). Else ``config.init``."""
-    k_w = jax.random.fold_in(keys.weights, layer)
+def _layer_params(config: NetworkConfig, keys: _Keys, layer, shape, std=None):
+    """One layer's ``(W, b)``: ``config.init``'s draw, or with ``std`` (a Gaussian init's scale)
+    ``W = z * std`` for the standard-normal draw ``z`` of the layer's key: bitwise what the Gaussian
+    initializers compute (see ``Initializer.gaussian_std``)."""
     k_b = jax.random.fold_in(keys.biases, layer)
     dtype = config.jnp_dtype
-    if std is None:
-        w = config.init(k_w, shape, dtype)
-    else:
-        w = (jax.random.normal(k_w, shape, dtype) if z is None else z) * std
+    w = config.init(_weight_key(keys, layer), shape, dtype) if std is None else _draw(keys, layer, shape, dtype) * std
     return w, config.bias_init(k_b, (shape[1],), dtype)
+
+
+def _weight_key(keys: _Keys, layer) -> jax.Array:
+    return jax.random.fold_in(keys.weights, layer)
+
+
+def _draw(keys: _Keys, layer, shape, dtype) -> jax.Array:
+    """The standard-normal draw ``z`` of a layer with Gaussian weights, materialized: without the
+    barrier XLA on CPU may fuse the generator into the matmul that consumes it, which ran ~15x
+    slower than drawing then multiplying."""
+    return jax.lax.optimization_barrier(jax.random.normal(_weight_key(keys, layer), shape, dtype))
 
 
 _UNIT_GAUSSIAN = "normal:stddev=1.0"
@@ -396,19 +406,23 @@ def _group_tensors(
     x0 = _draw_inputs(first, keys.inputs) if inputs is None else inputs.astype(dtype)
     batch, depth = x0.shape[0], first.depth
     groups = _groups(configs, stds is not None)
+    stds = None if stds is None else jnp.asarray(stds)
     reps = [configs[idx[0]] for idx in groups]
     scales = [None if stds is None else stds[np.asarray(idx)] for idx in groups]  # (k, layer)
     xs0 = tuple(jnp.broadcast_to(x0, (len(idx), *x0.shape)) for idx in groups)
 
     def layer_step(xs, layer, shape, ph, px):
         """Every group's layer ``layer``; ``ph``/``px``: per group, (k, batch, units) probes."""
-        z = jax.random.normal(jax.random.fold_in(keys.weights, layer), shape, dtype) if shared else None
+        z = _draw(keys, layer, shape, dtype) if shared else None
         outs = []
         for c, scale, x, p_h, p_x in zip(reps, scales, xs, ph, px, strict=True):
             def one(args, c=c):
                 x_, s_, p_h_, p_x_ = args
-                w, b = _layer_params(c, keys, layer, shape, s_, z)
-                return _layer_forward(c, x_, w, b, p_h_, p_x_)
+                b = c.bias_init(jax.random.fold_in(keys.biases, layer), (shape[1],), dtype)
+                if s_ is None:  # not a Gaussian init: the initializer's own draw
+                    return _layer_forward(c, x_, c.init(_weight_key(keys, layer), shape, dtype), b, p_h_, p_x_)
+                zz = _draw(keys, layer, shape, dtype) if z is None else z
+                return _layer_forward(c, x_, zz, b, p_h_, p_x_, scale=s_)
 
             s = None if scale is None else scale[:, layer]
             if s is None and shared:  # no traced scales given: the configs' own, as constants
@@ -1043,14 +1057,22 @@ class FallbackWarning(UserWarning):
     """``method="fast"`` was asked for a network it does not apply to; the dense path ran."""
 
 
+def _as_scaled(configs: tuple[NetworkConfig, ...]) -> tuple[tuple[NetworkConfig, ...], np.ndarray | None]:
+    """``(scale-free configs, (config, layer) scales)`` when every config has a Gaussian init
+    (the scales then enter the program as data: one program serves every scale), else
+    ``(configs, None)``."""
+    scale_free = [_scale_free(c) for c in configs]
+    if not all(v is not None for _, v in scale_free):
+        return configs, None
+    free = tuple(c for c, _ in scale_free)
+    return free, _scale_array(free, [v for _, v in scale_free])
+
+
 def _run_chunks(configs, opts, keys, x, chunk_size, progress, shared, lanes, n_devices) -> list[LayerStats]:
     impl = str(jax.random.key_impl(keys))
-    # Gaussian scales enter the program as data: one program serves every scale (see _scale_free)
-    scale_free = [_scale_free(c) for c in configs]
     stds = None
-    if opts.method == "dense" and all(v is not None for _, v in scale_free):
-        configs = tuple(c for c, _ in scale_free)
-        stds = _scale_array(configs, [v for _, v in scale_free])
+    if opts.method == "dense":
+        configs, stds = _as_scaled(configs)
     fn = _compiled(configs, opts, x is not None, shared, lanes, impl, n_devices)
     key_data = jax.random.key_data(keys)
     seeds = keys.shape[0]
@@ -1122,9 +1144,10 @@ def _n_devices(devices: int | str | None, impl: str) -> int:
 
 def _run_unjitted(configs, opts, keys, x, shared) -> list[LayerStats]:
     per_seed = []
+    configs, stds = _as_scaled(configs) if opts.method == "dense" else (configs, None)
     with jax.disable_jit():
         for s in range(keys.shape[0]):
-            out = _seed_stats(configs, opts, keys[s], None if x is None else x[s], shared)
+            out = _seed_stats(configs, opts, keys[s], None if x is None else x[s], shared, stds)
             per_seed.append([LayerStats(*(np.asarray(v) for v in st)) for st in out])
     return [
         LayerStats(*(np.stack(parts) for parts in zip(*(p[i] for p in per_seed), strict=True)))
@@ -1161,12 +1184,14 @@ def trace(
     opts = _Opts((-1.0, 1.0), (-1.0, 1.0), 1, cotangent, False, 0.01)
     k = seed_keys(_as_key(key, prng_impl), [seed])[0]
     x = _check_inputs(config, inputs, 1)
-    run = jax.jit(lambda kk, xx: _seed_tensors((config,), opts, kk, xx)[0])
+    scaled, stds = _as_scaled((config,))
+    run = jax.jit(lambda kk, xx: _seed_tensors(scaled, opts, kk, xx, False, stds)[0])
     tensors = run(k, None if x is None else x[0])
     names = ("x_prev", "h", "y", "out", "dh", "dx")
     result = {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
     keys = _split_seed_key(k)
-    params = [_layer_params(config, keys, layer, shape) for layer, shape in enumerate(config.weight_shapes)]
+    params = [_layer_params(config, keys, layer, shape, None if stds is None else stds[0, layer])
+              for layer, shape in enumerate(config.weight_shapes)]
     result["w"] = [np.asarray(w) for w, _ in params]
     result["b"] = [np.asarray(b) for _, b in params]
     result["cotangent"] = np.asarray(_cotangent(config, cotangent, jnp.asarray(result["out"][-1]), keys.cotangent))

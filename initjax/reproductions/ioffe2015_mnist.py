@@ -304,7 +304,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "moves much less than without BN, not that it stays fixed as in the paper's panel (c).",
         f"- The final accuracies differ by {abs(gap_images):.1f} test images (medians) on "
         f"{r['data']}; the paper's claim of a higher final accuracy is made on MNIST after "
-        "50,000 steps. Pass `data_dir` (the four MNIST IDX files) for the paper's data and "
+        "50,000 steps. Pass `--data-dir DIR` (`data_dir=` in Python; the four MNIST IDX files) for the paper's data and "
         "step count.",
         "- Batch norm is applied before the sigmoid (the paper's placement); the Linear bias is "
         "kept (redundant with BN's beta). Inference uses running averages with the unbiased "
