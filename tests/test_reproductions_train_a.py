@@ -4,7 +4,6 @@ every check passes (quick sizes: 2 seeds, a few hundred steps on scikit-learn's 
 import json
 
 import numpy as np
-
 import pytest
 
 from initjax.reproductions import ioffe2015_mnist, seed_activations, seed_batchnorm
@@ -38,8 +37,9 @@ def test_ioffe_trains_on_mnist_from_data_dir(tmp_path):
     """--data-dir reaches the reproduction: a stand-in MNIST (random 28x28 images in the IDX
     format) is read, trained on, and named in the report; chance-level data cannot pass the
     accuracy checks, so only the plumbing is asserted."""
-    from initjax.cli import main
     from test_data import _write_mnist
+
+    from initjax.cli import main
 
     _write_mnist(tmp_path / "mnist", np.random.default_rng(0), n_train=120, n_test=60, rows=28, cols=28)
     code = main(["reproduce", "ioffe2015-mnist", "--quick", "--quiet", "--seeds", "2",

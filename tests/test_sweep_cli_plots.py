@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import initjax
-from initjax import NetworkConfig, Propagation, grid, plotting, propagate, sweep
-from initjax import reproductions
+from initjax import NetworkConfig, Propagation, grid, plotting, propagate, reproductions, sweep
 from initjax.cli import main
 from initjax.propagation import LayerStats
 
