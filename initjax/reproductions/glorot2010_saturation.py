@@ -18,9 +18,9 @@ log-likelihood, plain SGD on minibatches of 10, biases 0, the "standard" initial
 What this reproduction runs: the same three networks (standard init, 4 hidden layers, SGD, batch
 10, online Shapeset) for a short budget, recording on a fixed probe batch the mean, std, 2/15/50/
 85/98th percentiles and the saturated fraction (within 1% of the range from a bound) of each layer.
-Departures, all for time on a 2-core CPU: width 256 (quick: 64) instead of 1000, and 12,000
-(quick: 600) updates instead of millions, so the late desaturation of Figure 2 is outside the run
-unless it appears, and the report says which. The learning rate (0.1) is our choice; the paper
+Departures, all for time on a 2-core CPU: width 256 (quick: 64) instead of 1000, and 8,000
+(quick: 2,400) updates instead of millions, so the late desaturation of Figure 2 is outside the run
+unless it appears, and the report says which. The learning rate (0.3) is our choice; the paper
 tuned it per network and does not print it.
 
 """
