@@ -21,12 +21,12 @@ from initjax.reproductions import _reports
 
 # the figures shown per reproduction (stems of the PNGs it writes), in order
 FIGURES = {
-    "seed-demo": ["variance-curves", "hist-tanh-0-01", "hist-tanh-xavier", "hist-relu-he"],
+    "seed-demo": ["variance-curves", "hist-tanh-n-0-0-01-2", "hist-tanh-n-0-1", "hist-tanh-xavier", "hist-relu-he"],
     "seed-batchnorm": ["std-by-layer", "hist-bn", "bn-eval"],
     "seed-activations": ["hist-activations", "curves", "dead-relu"],
     "phase-diagram": ["phase-diagram", "correlations"],
     "schoenholz2017-trainability": ["trainability"],
-    "glorot2010-histograms": ["fig6-activations", "fig7-backprop-gradients", "fig8-weight-gradients"],
+    "glorot2010-histograms": ["fig6-activations", "fig7-gradients", "fig8-weight-gradients"],
     "glorot2010-saturation": ["fig2-sigmoid", "fig3-tanh-softsign", "fig4-histograms"],
     "glorot2010-table1": ["test-error"],
     "he2015-deep-relu": ["variance-at-init", "curves"],

@@ -287,7 +287,7 @@ def _layer_forward(config: NetworkConfig, x, w, b, probe_h, probe_x, scale=None)
     """One layer: returns (h, phi output, layer output). Probes are zeros whose cotangents are
     dL/dh and dL/dx. With ``scale``, the weights are ``scale * w`` and ``h = (x w) scale + b``: the
     scaled matrix is never formed (an n^2 product and write per config and layer saved; the
-    rounding differs from ``x (w scale)`` only in the last bit)."""
+    result equals ``x (w scale)`` to float32 rounding)."""
     act = config.activation
     xw = x @ w if scale is None else (x @ w) * scale
     h = xw + b[None, :] + probe_h
@@ -1175,7 +1175,9 @@ def trace(
     For debugging and for checking statistics by hand: returns lists (one ``(batch, units)`` array
     per layer) under ``"x_prev"`` (the layer's input), ``"h"`` (pre-activation), ``"y"`` (activation
     output), ``"out"`` (layer output), ``"dh"`` (dL/dh) and ``"dx"`` (dL/dx); the weights ``"w"``
-    ``(n_{l-1}, n_l)`` and biases ``"b"`` per layer; and the output ``"cotangent"`` (dL/dx^L).
+    ``(n_{l-1}, n_l)`` and biases ``"b"`` per layer; and the output ``"cotangent"`` (dL/dx^L). With
+    Gaussian weights the engine computes ``h = (x z) std + b`` from the standard-normal draw ``z``,
+    so ``h`` equals ``x_prev @ w + b`` to float32 rounding, not bitwise.
     """
     if not isinstance(config, NetworkConfig):
         raise TypeError(f"config must be an initjax NetworkConfig, got {type(config).__name__}")
