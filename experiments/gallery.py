@@ -42,10 +42,8 @@ def _section(name: str, report: dict, figures: list[str]) -> list[str]:
     checks = report.get("checks", [])
     passed = sum(bool(c["pass"]) for c in checks)
     mode = "quick mode" if report.get("quick") else "full mode"
-    seconds = report.get("seconds")
-    took = f", {seconds / 60:.1f} min on the 2-core development machine" if seconds else ""
     lines = [f"## {name}", "", rep.summary, "", "```bash", f"initjax reproduce {name} --out results/{name}",
-             "```", "", f"{mode}{took}: **{passed}/{len(checks)} checks pass**; the full report, with the "
+             "```", "", f"{mode}: **{passed}/{len(checks)} checks pass**; the full report, with the "
              "paper's numbers beside ours and where they differ, is `report.md` in the output directory.", ""]
     lines += [f"![{name}: {stem}](img/{name}-{stem}.png)" for stem in figures]
     lines += ["", *_reports.checks_table(checks, "### Checks"), ""]

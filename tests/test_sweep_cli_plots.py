@@ -123,9 +123,12 @@ def test_cli_table_out_and_warning(tmp_path, capsys):
         (["reproduce", "ioffe2015-mnist", "--quick", "--data-dir", "/nowhere/mnist"], "/nowhere/mnist"),
     ],
 )
-def test_cli_errors_exit_2(argv, match, capsys):
+def test_cli_errors_exit_2(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default --out (results/NAME) must not touch the checkout
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+    # input errors are raised before anything is written
+    assert not (tmp_path / "results").exists()
 
 
 def test_cli_list(capsys):

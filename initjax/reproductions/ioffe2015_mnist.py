@@ -95,8 +95,8 @@ def run(
     """
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else (2 if quick else 8)
-    out = _reports.begin(out, NAME)
-    ds = _data.digits() if data_dir is None else _data.mnist(data_dir)
+    ds = _data.digits() if data_dir is None else _data.mnist(data_dir)  # before begin: a bad
+    out = _reports.begin(out, NAME)  # data_dir must not mark a finished run incomplete
     if quick:
         steps, every = 200, 20
     elif ds.name == "mnist":
