@@ -321,10 +321,13 @@ def _layer_params(config: NetworkConfig, keys: _Keys, layer, shape, std=None):
     """One layer's ``(W, b)``: ``config.init``'s draw, or with ``std`` (a Gaussian init's scale)
     ``W = z * std`` for the standard-normal draw ``z`` of the layer's key: bitwise what the Gaussian
     initializers compute (see ``Initializer.gaussian_std``)."""
-    k_b = jax.random.fold_in(keys.biases, layer)
     dtype = config.jnp_dtype
     w = config.init(_weight_key(keys, layer), shape, dtype) if std is None else _draw(keys, layer, shape, dtype) * std
-    return w, config.bias_init(k_b, (shape[1],), dtype)
+    return w, _bias(config, keys, layer, shape[1])
+
+
+def _bias(config: NetworkConfig, keys: _Keys, layer, units: int) -> jax.Array:
+    return config.bias_init(jax.random.fold_in(keys.biases, layer), (units,), config.jnp_dtype)
 
 
 def _weight_key(keys: _Keys, layer) -> jax.Array:
@@ -364,14 +367,24 @@ def _scale_array(configs: Sequence[NetworkConfig], stds: Sequence[Sequence[float
 
 
 def _groups(configs: tuple[NetworkConfig, ...], scaled: bool) -> list[list[int]]:
-    """Indices of the configs that run through one traced body (equal up to the Gaussian scale,
-    which must then be traced: ``scaled``); configs keep their own body otherwise."""
+    """Indices of the configs that run through one traced body: with traced scales (``scaled``)
+    the configs are scale-free (:func:`_as_scaled`), and equal ones share a body; otherwise each
+    config keeps its own."""
     if not scaled:
         return [[i] for i in range(len(configs))]
     out: dict[NetworkConfig, list[int]] = {}
     for i, c in enumerate(configs):
-        out.setdefault(_scale_free(c)[0], []).append(i)
+        out.setdefault(c, []).append(i)
     return list(out.values())
+
+
+def _ungroup(groups: list[list[int]], per_group: list[Any], n: int) -> list[Any]:
+    """Per config, in config order, its slice of its group's pytree (leading member axis)."""
+    result: list[Any] = [None] * n
+    for idx, group in zip(groups, per_group, strict=True):
+        for j, i in enumerate(idx):
+            result[i] = jax.tree.map(lambda v, j=j: v[j], group)
+    return result
 
 
 def _map(fn, args):
@@ -395,8 +408,9 @@ def _group_tensors(
 ):
     """Forward and backward for one seed of each config of a group (same shapes, input and seed).
 
-    ``stds``: None, or the ``(config, layer)`` Gaussian scales (see :func:`_scale_free`); then the
-    configs equal up to scale run through one body, ``lax.map``-ped over their scales. Returns
+    ``stds``: None, or the ``(config, layer)`` Gaussian scales of scale-free configs (see
+    :func:`_as_scaled`); then equal configs run through one body, ``lax.map``-ped over their
+    scales. Returns
     ``(groups, tensors)``: the index lists of :func:`_groups` and, per group, the per-layer tensors
     ``(x_prev, h, y, out, dh, dx)`` with a leading group-member axis: ``(k, layer, batch, units)``
     arrays when the network is uniform, else lists over layers of ``(k, batch, units)``."""
@@ -418,16 +432,13 @@ def _group_tensors(
         for c, scale, x, p_h, p_x in zip(reps, scales, xs, ph, px, strict=True):
             def one(args, c=c):
                 x_, s_, p_h_, p_x_ = args
-                b = c.bias_init(jax.random.fold_in(keys.biases, layer), (shape[1],), dtype)
+                b = _bias(c, keys, layer, shape[1])
                 if s_ is None:  # not a Gaussian init: the initializer's own draw
                     return _layer_forward(c, x_, c.init(_weight_key(keys, layer), shape, dtype), b, p_h_, p_x_)
                 zz = _draw(keys, layer, shape, dtype) if z is None else z
                 return _layer_forward(c, x_, zz, b, p_h_, p_x_, scale=s_)
 
-            s = None if scale is None else scale[:, layer]
-            if s is None and shared:  # no traced scales given: the configs' own, as constants
-                s = jnp.asarray(c.init.gaussian_std(shape), dtype)[None]
-            outs.append(_map(one, (x, s, p_h, p_x)))
+            outs.append(_map(one, (x, None if scale is None else scale[:, layer], p_h, p_x)))
         return tuple(o[2] for o in outs), tuple(outs)
 
     if first.uniform:
@@ -486,11 +497,7 @@ def _seed_tensors(
     """Per config, the per-layer tensors ``(x_prev, h, y, out, dh, dx)`` of one seed: stacked
     ``(layer, batch, units)`` arrays when the network is uniform, else lists of ``(batch, units)``."""
     groups, tensors = _group_tensors(configs, opts, seed_key, inputs, shared, stds)
-    result: list[Any] = [None] * len(configs)
-    for idx, group in zip(groups, tensors, strict=True):
-        for j, i in enumerate(idx):
-            result[i] = jax.tree.map(lambda v, j=j: v[j], group)
-    return result
+    return _ungroup(groups, tensors, len(configs))
 
 
 def _stats_of_layers(act: Any, opts: _Opts, x_prev, h, y, out, dh, dx) -> LayerStats:
@@ -556,13 +563,9 @@ def _seed_stats(configs, opts: _Opts, seed_key: jax.Array, inputs: jax.Array | N
 
         return (fastpath.fast_seed_stats(configs[0], opts, seed_key, inputs),)
     groups, tensors = _group_tensors(configs, opts, seed_key, inputs, shared, stds)
-    result: list[Any] = [None] * len(configs)
-    for idx, group in zip(groups, tensors, strict=True):
-        act = configs[idx[0]].activation
-        stats = _map(lambda t, act=act: _stats_of_layers(act, opts, *t), group)
-        for j, i in enumerate(idx):
-            result[i] = jax.tree.map(lambda v, j=j: v[j], stats)
-    return tuple(result)
+    stats = [_map(lambda t, act=configs[idx[0]].activation: _stats_of_layers(act, opts, *t), group)
+             for idx, group in zip(groups, tensors, strict=True)]
+    return tuple(_ungroup(groups, stats, len(configs)))
 
 
 @functools.lru_cache(maxsize=64)

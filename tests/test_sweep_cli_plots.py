@@ -217,3 +217,10 @@ def test_cli_persistent_compilation_cache(tmp_path):
     subprocess.run(argv, env={**env, "INITJAX_CACHE_DIR": "", "HOME": str(off)}, check=True,
                    capture_output=True)
     assert not (off / ".cache" / "initjax").exists()
+
+
+def test_takes_data_dir():
+    assert reproductions.takes_data_dir("ioffe2015-mnist")
+    assert not reproductions.takes_data_dir("seed-demo")
+    with pytest.raises(ValueError, match="unknown reproduction 'nope'; known: seed-demo"):
+        reproductions.takes_data_dir("nope")

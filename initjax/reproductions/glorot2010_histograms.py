@@ -309,9 +309,6 @@ def _figures(out: Path, results: dict[str, Propagation], theory_) -> None:
     _io.save_figure(fig, out / "fig8-weight-gradients")
 
 
-def _g(x: float) -> str:
-    return f"{x:.3g}" if isinstance(x, float) and math.isfinite(x) else str(x)
-
 
 def _markdown(report: dict[str, Any]) -> str:
     std, nrm = report["inits"]["standard"], report["inits"]["normalized"]

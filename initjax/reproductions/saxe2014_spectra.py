@@ -321,9 +321,6 @@ def _figures(out: Path, depths, width, all_cases, spectra, report) -> None:
     _io.save_figure(fig, out / "spread")
 
 
-def _g(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
 
 def _markdown(report: dict[str, Any]) -> str:
     crit = report["tanh_point"]
