@@ -27,7 +27,7 @@ opts = _Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
 keys = seed_keys(_as_key(0, "philox2x32"), np.arange(seeds))
 import jax
 scaled, stds = _as_scaled((c,))
-fn = _compiled(scaled, opts, False, False, default_lanes(), "philox2x32", 1)
+fn = _compiled(scaled, opts, False, default_lanes(), "philox2x32", 1)
 t = time.perf_counter()
 compiled = fn.lower(jax.random.key_data(keys), None, stds).compile()
 compile_s = time.perf_counter() - t

@@ -359,7 +359,7 @@ def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2)
     opts = _prop._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
     base = jax.random.key(0, impl="philox2x32")  # the engine's default PRNG
     fast = jax.jit(lambda k: fast_seed_stats(config, opts, k, None))
-    dense = jax.jit(lambda k: _prop._seed_stats((config,), opts, k, None, False)[0])
+    dense = jax.jit(lambda k: _prop._seed_stats((config,), opts, k, None)[0])
     result: dict[str, float] = {}
     for name, fn in (("fast", fast), ("dense", dense)):
         t0 = time.perf_counter()

@@ -217,6 +217,33 @@ def test_gaussian_scales_share_one_program():
     assert not compiles, compiles
 
 
+def _weight_products(configs, width: int, remat: bool = True) -> dict[str, int]:
+    """Row count -> number of matmuls with a width x width operand in the optimized program of
+    one seed of ``configs`` (matched on the compiled HLO's ``dot`` output shapes)."""
+    import re
+
+    from initjax import propagation as P
+
+    scaled, stds = P._as_scaled(tuple(configs))
+    opts = P._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", remat, 0.01)
+    key = jax.random.key(0, impl="philox2x32")
+    text = jax.jit(lambda k: P._seed_stats(scaled, opts, k, None, stds)).lower(key).compile().as_text()
+    rows = re.findall(rf"= f32\[(\d+),{width}\]\{{[^}}]*\}} dot\(", text)
+    return {r: rows.count(r) for r in sorted(set(rows))}
+
+
+def test_shared_configs_multiply_the_draw_once_per_pass():
+    """Every config of a shared call multiplies the layer's one draw in a single stacked matmul,
+    forward and backward, and the backward pass keeps the forward product instead of recomputing
+    it: two width x width products per layer body, each with configs x batch rows."""
+    base = small(depth=4, width=96, batch=8)
+    configs = [base.replace(init="normal:stddev=0.01", activation="tanh"),
+               base.replace(init="xavier_normal", activation="tanh"), base.replace(init="he_normal")]
+    assert _weight_products(configs, 96) == {"24": 2}  # 3 configs x batch 8, forward + backward
+    assert _weight_products(configs[2:], 96) == {"8": 2}
+    assert _weight_products(configs, 96, remat=False) == {"24": 2}
+
+
 def test_user_inputs_and_correlation():
     config = small(activation="identity", init="normal:stddev=0.125", width=64)  # n Var = 1
     x = np.ones((8, 64), np.float32)
