@@ -4,9 +4,10 @@
     pip install -e ".[bench]"                          # PyTorch (CPU) for the baseline
 
 Both train the same MLP with SGD (lr 0.1, batch 60) on the same synthetic 60,000 x 784 data set
-(10 classes) and record per-layer statistics every 100 steps on a 500-example probe batch: the
-mean, std and 15/50/85th percentiles of each hidden activation, the saturated and dead fractions
-and each layer's gradient norm. The rate is marginal: seed-steps per second between a short and a
+(10 classes) and take the same record every 100 steps: on a 500-example probe batch, the loss,
+the mean, std and 15/50/85th percentiles of each hidden activation, the percentiles of its
+pre-activation, the saturated and dead fractions and each layer's gradient norm; the accuracy on
+1,000 training examples and the loss and accuracy on the 1,000 test examples. The rate is marginal: seed-steps per second between a short and a
 long run after both have compiled/warmed up, so compile time is reported apart.
 """
 
@@ -56,7 +57,9 @@ def time_torch(ds, seeds: int, short: int, long: int) -> float:
 
     x = torch.from_numpy(ds.x_train)
     y = torch.from_numpy(ds.y_train.astype(np.int64))
-    probe = x[:500]
+    probe, probe_y = x[:500], y[:500]
+    train_eval, train_eval_y = x[500:1500], y[500:1500]
+    x_test, y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test.astype(np.int64))
 
     def run(steps: int) -> None:
         for seed in range(seeds):
@@ -82,18 +85,24 @@ def time_torch(ds, seeds: int, short: int, long: int) -> float:
                     record(model, probe)
 
     def record(model, probe) -> None:
-        acts, h = [], probe
+        """What an initjax record holds: on the probe batch the loss, each hidden layer's
+        pre-activation and activation percentiles, mean, std, saturated and dead fractions and
+        every weight's gradient norm; the train-eval accuracy and the test loss and accuracy."""
+        acts, pre, h = [], [], probe
         for layer in model:
             h = layer(h)
-            if isinstance(layer, torch.nn.Sigmoid):
-                acts.append(h)
-        loss = model(probe).logsumexp(1).mean()
+            (acts if isinstance(layer, torch.nn.Sigmoid) else pre).append(h)
+        loss = torch.nn.functional.cross_entropy(h, probe_y)
         grads = torch.autograd.grad(loss, [m.weight for m in model if isinstance(m, torch.nn.Linear)])
+        q = torch.tensor([0.15, 0.5, 0.85])
         with torch.no_grad():
-            for a in acts:
-                a.mean(), a.std(), torch.quantile(a.flatten(), torch.tensor([0.15, 0.5, 0.85]))
+            for a, z in zip(acts, pre):
+                a.mean(), a.std(), torch.quantile(a.flatten(), q), torch.quantile(z.flatten(), q)
                 ((a < 0.01) | (a > 0.99)).float().mean(), (a == 0).all(0).float().mean()
             [g.norm() for g in grads]
+            (model(train_eval).argmax(1) == train_eval_y).float().mean()
+            out = model(x_test)
+            torch.nn.functional.cross_entropy(out, y_test), (out.argmax(1) == y_test).float().mean()
 
     run(10)  # warm up
     times = {}

@@ -586,17 +586,19 @@ def _all_finite(tree: Any) -> jax.Array:
 def _percentiles(x: jax.Array, q: Sequence[float]) -> jax.Array:
     """``np.percentile(x, q)`` (linear interpolation) over all entries of ``x``, without a sort.
 
-    XLA's CPU sort is slow, so the order statistics ``floor(p)`` and ``floor(p) + 1`` at
-    ``p = q / 100 * (n - 1)`` are found by bisection over the 2^32 float bit patterns, mapped to
-    unsigned ints in the order of the floats: 32 counting passes, exact. Any non-finite entry
-    gives NaN, as numpy's result would be.
+    XLA's CPU sort is slow, so the order statistic ``floor(p)`` at ``p = q / 100 * (n - 1)`` is
+    found by bisection over the 2^32 float bit patterns, mapped to unsigned ints in the order of
+    the floats: 32 counting passes, exact. Its neighbour ``floor(p) + 1`` then costs one more pass:
+    it is the same value when at least ``floor(p) + 2`` entries are <= it, else the smallest entry
+    above it (half the passes of bisecting for both). Any non-finite entry gives NaN, as numpy's
+    result would be.
     """
     x = x.reshape(-1).astype(jnp.float32)
     n = x.shape[0]
     # Positions in float64 on the host (n and q are static), as numpy computes them.
     pos = np.asarray(q, np.float64) / 100.0 * (n - 1)
     lower = np.floor(pos).astype(np.int64)
-    ranks = jnp.asarray(np.concatenate([lower, np.minimum(lower + 1, n - 1)]), jnp.int32)
+    ranks = jnp.asarray(lower, jnp.int32)
     frac = jnp.asarray(pos - lower, jnp.float32)
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     # Negative floats: flip all bits (larger magnitude = smaller); positive: set the sign bit.
@@ -612,10 +614,18 @@ def _percentiles(x: jax.Array, q: Sequence[float]) -> jax.Array:
     r = ranks.shape[0]
     init = (jnp.zeros((r,), jnp.uint32), jnp.full((r,), 0xFFFFFFFF, jnp.uint32))
     found, _ = jax.lax.fori_loop(0, 32, halve, init)
-    back = jnp.where((found >> 31) == 1, found & jnp.uint32(0x7FFFFFFF), ~found)
-    vals = jax.lax.bitcast_convert_type(back, jnp.float32)
-    a, b = vals[: len(q)], vals[len(q):]
+    at_or_below = jnp.sum((u[None, :] <= found[:, None]).astype(jnp.int32), axis=1)
+    above = jnp.min(jnp.where(u[None, :] > found[:, None], u[None, :], jnp.uint32(0xFFFFFFFF)), axis=1)
+    repeated = (at_or_below >= ranks + 2) | jnp.asarray(lower + 1 > n - 1)
+    upper = jnp.where(repeated, found, above)
+    a, b = (_from_ordered_bits(k) for k in (found, upper))
     return jnp.where(jnp.all(jnp.isfinite(x)), a + frac * (b - a), jnp.nan)
+
+
+def _from_ordered_bits(key: jax.Array) -> jax.Array:
+    """The float32 whose order-preserving bit key (see :func:`_percentiles`) is ``key``."""
+    back = jnp.where((key >> 31) == 1, key & jnp.uint32(0x7FFFFFFF), ~key)
+    return jax.lax.bitcast_convert_type(back, jnp.float32)
 
 
 class _ModelFns(NamedTuple):
