@@ -29,7 +29,7 @@ import jax
 scaled, stds = _as_scaled((c,))
 fn = _compiled(scaled, opts, False, default_lanes(), "philox2x32", 1)
 t = time.perf_counter()
-compiled = fn.lower(jax.random.key_data(keys), None, stds).compile()
+compiled = fn.lower(jax.random.key_data(keys), None, stds, np.int32(seeds)).compile()
 compile_s = time.perf_counter() - t
 propagate(c, seeds=seeds, chunk_size=seeds, progress=False)  # warm (compiles through the cache)
 t = time.perf_counter()
@@ -47,6 +47,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--depths", type=int, nargs="+", default=[10, 100, 300, 1000])
     a = p.parse_args()
+    from _machine import MachineLoad
+
+    load = MachineLoad().__enter__()
     rows = []
     for depth in a.depths:
         out = subprocess.run(
@@ -57,7 +60,9 @@ def main() -> None:
         r = rows[-1]
         print(f"depth {depth:5d}: compile {r['compile_s']:6.2f} s, run {r['run_s_per_seed']:7.3f} s/seed, "
               f"peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
-    print(json.dumps({"width": a.width, "batch": a.batch, "seeds": a.seeds, "rows": rows}))
+    load.__exit__()
+    print(load.describe())
+    print(json.dumps({"width": a.width, "batch": a.batch, "seeds": a.seeds, "rows": rows, **load.as_dict()}))
 
 
 if __name__ == "__main__":

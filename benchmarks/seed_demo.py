@@ -10,7 +10,8 @@ explicitly, as a plain script would. PyTorch eager (if installed: ``pip install 
 the same with ``torch.randn`` and autograd. initjax: ``propagate_shared`` over the five schemes (one draw
 per layer shared by the schemes, all of :class:`~initjax.LayerStats` measured). The same for one
 scheme alone (ReLU with He weights; ``propagate``). The time per seed is marginal: (time of S2
-seeds - time of S1 seeds) / (S2 - S1), after a warm-up call that compiles; compile time (the first
+seeds - time of S1 seeds) / (S2 - S1), after a warm-up call that compiles, the median of three such
+estimates (numpy and PyTorch: the mean over three seeds); compile time (the first
 call, no persistent cache) is reported separately, and the peak resident memory of a fresh process
 running 32 seeds of the five-scheme sweep. Prints seconds per seed and the ratios.
 """
@@ -103,18 +104,23 @@ def _configs(width, depth, batch, schemes):
     return [NetworkConfig(depth=depth, width=width, batch=batch, init=init, activation=act) for act, init, _ in schemes]
 
 
-def time_initjax(width, depth, batch, s1, s2, schemes=SCHEMES) -> tuple[float, float]:
+def time_initjax(width, depth, batch, s1, s2, schemes=SCHEMES, repeats=3) -> tuple[float, float]:
+    """(median over ``repeats`` of the marginal seconds per seed between runs of s1 and s2 seeds,
+    compile seconds). The median, because on a shared VM single runs varied by +-20%."""
     configs = _configs(width, depth, batch, schemes)
     run = (lambda **k: propagate(configs[0], **k)) if len(configs) == 1 else (lambda **k: propagate_shared(configs, **k))
     start = time.perf_counter()
     run(seeds=1, progress=False, chunk_size=1)  # compile
     compile_s = time.perf_counter() - start
-    times = {}
-    for s in (s1, s2):
-        start = time.perf_counter()
-        run(seeds=s, progress=False, chunk_size=1)
-        times[s] = time.perf_counter() - start
-    per_seed = (times[s2] - times[s1]) / (s2 - s1)
+    marginal = []
+    for _ in range(repeats):
+        times = {}
+        for s in (s1, s2):
+            start = time.perf_counter()
+            run(seeds=s, progress=False, chunk_size=1)
+            times[s] = time.perf_counter() - start
+        marginal.append((times[s2] - times[s1]) / (s2 - s1))
+    per_seed = float(np.median(marginal))
     return per_seed, compile_s - per_seed  # the first call ran one seed besides compiling
 
 
@@ -137,23 +143,28 @@ def main() -> None:
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--depth", type=int, default=10)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--numpy-seeds", type=int, default=2)
+    p.add_argument("--numpy-seeds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="initjax: median of this many marginal estimates")
     p.add_argument("--seeds", type=int, nargs=2, default=(2, 6), metavar=("S1", "S2"))
     p.add_argument("--json", action="store_true")
     p.add_argument("--memory-seeds", type=int, default=32, help="seeds of the peak-memory run (0: skip)")
     a = p.parse_args()
+    from _machine import MachineLoad
+
+    load = MachineLoad().__enter__()
     shape = (a.width, a.depth, a.batch)
     np_fwd = time_numpy(*shape, a.numpy_seeds, backward=False)
     np_full = time_numpy(*shape, a.numpy_seeds, backward=True)
     np_one = time_numpy(*shape, a.numpy_seeds, backward=True, schemes=ONE)
-    ij, compile_s = time_initjax(*shape, *a.seeds)
-    ij_one, compile_one = time_initjax(*shape, *a.seeds, schemes=ONE)
+    ij, compile_s = time_initjax(*shape, *a.seeds, repeats=a.repeats)
+    ij_one, compile_one = time_initjax(*shape, *a.seeds, schemes=ONE, repeats=a.repeats)
     try:
         pt = time_torch(*shape, a.numpy_seeds)
         pt_one = time_torch(*shape, a.numpy_seeds, schemes=ONE)
     except ImportError:
         pt = pt_one = float("nan")
     mem = peak_memory_gib(*shape, a.memory_seeds) if a.memory_seeds else float("nan")
+    load.__exit__()
     result = {
         "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
@@ -176,6 +187,7 @@ def main() -> None:
         "one_scheme_speedup_vs_torch": pt_one / ij_one,
         "peak_memory_gib": mem,
         "memory_seeds": a.memory_seeds,
+        **load.as_dict(),
     }
     if a.json:
         print(json.dumps(result, indent=2))
@@ -191,6 +203,7 @@ def main() -> None:
     print(f"  ratio PyTorch / initjax           {pt_one / ij_one:8.2f}x  {pt / ij:11.2f}x")
     print(f"  initjax compile (first call - 1 seed) {compile_one:5.2f}s  {compile_s:11.2f}s")
     print(f"  peak RSS, {a.memory_seeds} seeds, five schemes: {mem:.2f} GiB")
+    print(f"  {load.describe()}")
 
 
 if __name__ == "__main__":

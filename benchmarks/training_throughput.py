@@ -118,19 +118,23 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, nargs=2, default=(500, 2500), metavar=("SHORT", "LONG"))
     a = p.parse_args()
+    from _machine import MachineLoad
+
     ds = synthetic()
-    ij, compile_s = time_initjax(ds, a.seeds, *a.steps)
-    try:
-        tt = time_torch(ds, a.seeds, *a.steps)
-    except ImportError:
-        tt = float("nan")
+    with MachineLoad() as load:
+        ij, compile_s = time_initjax(ds, a.seeds, *a.steps)
+        try:
+            tt = time_torch(ds, a.seeds, *a.steps)
+        except ImportError:
+            tt = float("nan")
     out = {"machine": f"{platform.machine()}, {jax.devices()[0].device_kind}", "seeds": a.seeds,
            "initjax_seed_steps_per_s": ij, "initjax_compile_s": compile_s,
-           "torch_seed_steps_per_s": tt, "ratio": ij / tt}
+           "torch_seed_steps_per_s": tt, "ratio": ij / tt, **load.as_dict()}
     print(f"machine {out['machine']}; {a.seeds} seeds, 784-100-100-100-10 sigmoid, batch 60, SGD, stats every 100 steps")
     print(f"  initjax (vmapped over seeds) {ij:10.0f} seed-steps/s   (compile {compile_s:.1f} s)")
     print(f"  PyTorch loop over seeds      {tt:10.0f} seed-steps/s")
     print(f"  ratio                        {ij / tt:10.2f}x")
+    print(f"  {load.describe()}")
     print(json.dumps(out))
 
 

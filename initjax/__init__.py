@@ -14,6 +14,7 @@ from initjax import modules as modules
 from initjax import plotting as plotting
 from initjax import theory as theory
 from initjax import training as train
+from initjax.cli import enable_compilation_cache as enable_compilation_cache
 from initjax.config import NetworkConfig as NetworkConfig
 from initjax.gains import calculate_gain as calculate_gain
 from initjax.probing import ProbeResult as ProbeResult
@@ -40,6 +41,7 @@ __all__ = [
     "theory",
     "train",
     "calculate_gain",
+    "enable_compilation_cache",
     "lsuv",
     "probe",
     "probe_linen",

@@ -10,7 +10,9 @@ How it runs:
 
 * Seeds are a vmapped key axis: seed ``s`` uses ``fold_in(key, s)``, so its numbers do not depend on
   how many seeds run beside it or on the chunk size. Seeds run in chunks sized to a memory budget;
-  every chunk has the same size (the last is padded), so one compiled program serves them all.
+  every chunk has the same size (the last is padded, and the program stops before the padding),
+  so one compiled program serves them all, and any other number of seeds up to the same power of
+  two.
 * Depth is a ``lax.scan`` when all weight matrices have the same shape, so compile time does not
   grow with depth. Layer ``l``'s weights are drawn inside the scan from ``fold_in(weight_key, l)``
   and, with ``remat=True``, drawn again in the backward pass (``jax.checkpoint``) instead of being
@@ -607,9 +609,12 @@ def _compiled(
     n_devices: int,
 ):
     """One jit-compiled program per (configs, options): seeds are vmapped ``lanes`` at a time, and
-    ``lax.map`` walks over groups of lanes. Every seed therefore runs through the same compiled
+    a loop walks over groups of lanes. Every seed therefore runs through the same compiled
     ``lanes``-wide program whatever the chunk size (XLA compiles a size-1 and a size-5 batched
     matmul differently, so vmapping a whole chunk would tie a seed's last bits to its chunk).
+    The program takes ``valid``, the number of real seeds in the chunk, and stops after their
+    lane groups: a padded chunk costs nothing for its padding, and one program (per capacity, see
+    :func:`_chunk_capacity`) serves every number of seeds up to it.
     With ``n_devices > 1`` the seed axis is split over a one-axis device mesh by ``shard_map``:
     each device runs that same program on its share, so the numbers do not change.
     Keys enter as raw key data (uint32), which every sharding API accepts. Cached, so a second
@@ -619,12 +624,23 @@ def _compiled(
         k, x = args
         return _seed_stats(configs, opts, k, x if with_inputs else None, stds)
 
-    def run(key_data, x, stds):
+    def run(key_data, x, stds, valid):
         keys = jax.random.wrap_key_data(key_data, impl=impl)
         groups = keys.shape[0] // lanes
         keys = keys.reshape(groups, lanes)
         x = x.reshape(groups, lanes, *x.shape[1:]) if with_inputs else jnp.zeros((groups, lanes))
-        out = jax.lax.map(jax.vmap(lambda a: one(a, stds)), (keys, x))
+        if n_devices > 1:  # this device's seeds are [offset, offset + its share) of the chunk
+            valid = valid - jax.lax.axis_index("seeds") * keys.size
+        count = jnp.clip((valid + lanes - 1) // lanes, 0, groups)
+        lane_group = jax.vmap(lambda a: one(a, stds))
+
+        def body(i, acc):
+            out = lane_group((keys[i], x[i]))
+            return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, out)
+
+        shapes = jax.eval_shape(lane_group, (keys[0], x[0]))
+        init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
+        out = jax.lax.fori_loop(0, count, body, init)
         return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
 
     if n_devices == 1:
@@ -637,10 +653,18 @@ def _compiled(
     # that jax.vjp differentiates against count as replicated over the mesh, and the transpose
     # would psum every device's gradients together.
     if with_inputs:
-        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, replicated), out_specs=spec,
-                                     check_vma=False))
-    return jax.jit(jax.shard_map(lambda k, s: run(k, None, s), mesh=mesh, in_specs=(spec, replicated),
-                                 out_specs=spec, check_vma=False))
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, replicated, replicated),
+                                     out_specs=spec, check_vma=False))
+    return jax.jit(jax.shard_map(lambda k, s, v: run(k, None, s, v), mesh=mesh,
+                                 in_specs=(spec, replicated, replicated), out_specs=spec, check_vma=False))
+
+
+def _chunk_capacity(seeds: int, fits: int) -> int:
+    """Seeds per compiled call when the caller sets no chunk size: the number of seeds rounded up
+    to a power of two, at most the ``fits`` seeds the memory budget allows. The program skips a
+    chunk's padding (:func:`_compiled`), so rounding up costs no work, and a session that asks
+    for 3, 5, 6, then 8 seeds compiles once (capacity 8), not four times."""
+    return int(max(1, min(fits, 1 << max(seeds - 1, 0).bit_length())))
 
 
 def default_lanes() -> int:
@@ -889,7 +913,8 @@ def propagate(
       bins: number of histogram bins (40, as the classic demo).
       saturation_tolerance: a bounded activation's output counts as saturated within this fraction
         of its range from a bound.
-      chunk_size: seeds per compiled call; by default as many as fit in ``memory_budget``.
+      chunk_size: seeds per compiled call; by default the number of seeds rounded up to a power
+        of two, at most as many as fit in ``memory_budget`` (the padding is skipped, not computed).
       memory_budget: bytes of temporaries a chunk may use (default 2 GiB, or the environment
         variable ``INITJAX_MEMORY_BUDGET``). A single seed above it raises with the estimate.
       remat: redraw each layer's weights in the backward pass instead of storing them all.
@@ -1043,7 +1068,7 @@ def _propagate(
                 f"budget is {budget / 2**30:.2f} GiB: raise memory_budget or INITJAX_MEMORY_BUDGET, "
                 "or reduce width, depth or batch"
             )
-        chunk_size = int(max(1, min(seeds, budget // per_seed)))
+        chunk_size = _chunk_capacity(seeds, int(budget // per_seed))
     else:
         chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), seeds)
 
@@ -1121,11 +1146,12 @@ def _run_chunks(configs, opts, keys, x, chunk_size, progress, lanes, n_devices) 
             hi = min(lo + chunk_size, seeds)
             idx = np.minimum(np.arange(lo, lo + chunk_size), seeds - 1)  # pad the last chunk
             args = (key_data[idx],) if x is None else (key_data[idx], x[idx])
+            valid = np.int32(hi - lo)  # the program skips the padding
             if n_devices > 1:
                 args = _shard_seeds(args, n_devices)
-                out = fn(*args, stds)
+                out = fn(*args, stds, valid)
             else:
-                out = fn(args[0], None if x is None else args[1], stds)
+                out = fn(args[0], None if x is None else args[1], stds, valid)
             pieces.append([LayerStats(*(_host(v)[: hi - lo] for v in st)) for st in out])
             bar.update(hi - lo)
     return [

@@ -198,6 +198,28 @@ def test_second_call_does_not_recompile():
     assert not _compiles(lambda: propagate(config, seeds=3))
 
 
+def test_seed_counts_up_to_a_power_of_two_share_one_program():
+    """Chunks hold the number of seeds rounded up to a power of two (within the memory budget), and
+    the program stops after the real seeds: 5, 6 and 7 seeds run one program of capacity 8, whose
+    padded slots are never computed (left at zero, where padding by repeating the last seed, as
+    before, would have computed it again)."""
+    from initjax import propagation as P
+
+    assert [P._chunk_capacity(s, 100) for s in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 16, 100]
+    assert P._chunk_capacity(9, 5) == 5 and P._chunk_capacity(1, 0) == 1
+    config = small(depth=3, width=32, activation="elu")
+    propagate(config, seeds=5)
+    compiles = _compiles(lambda: (propagate(config, seeds=6), propagate(config, seeds=7)))
+    assert not [m for m in compiles if "jit(run)" in m], compiles  # (key arrays of new lengths do compile)
+    assert [m for m in _compiles(lambda: propagate(config, seeds=9)) if "jit(run)" in m]  # capacity 16
+    scaled, stds = P._as_scaled((config,))
+    opts = P._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
+    fn = P._compiled(scaled, opts, False, 1, "philox2x32", 1)
+    keys = jax.random.key_data(P.seed_keys(jax.random.key(0, impl="philox2x32"), np.arange(4)))
+    (out,) = fn(keys, None, stds, np.int32(2))
+    assert np.all(np.asarray(out.preact_var)[:2] > 0) and np.all(np.asarray(out.preact_var)[2:] == 0)
+
+
 def test_gaussian_scales_share_one_program():
     """The scale of a Gaussian init is data, not code: a sweep over sigma_w compiles once, and a
     shared group of same-activation configs runs one body whatever the scales."""

@@ -1,0 +1,48 @@
+"""How busy the machine was while a benchmark ran: the share of CPU time the hypervisor gave to
+other guests ("steal", from ``/proc/stat``) and the load average. On a shared VM a run with a high
+steal share is slower for reasons outside the code; the benchmarks print it beside their numbers
+so that readers can tell a slow machine from a slow program. Linux only; elsewhere NaN.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_STAT = Path("/proc/stat")
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """``(total, steal)`` jiffies summed over all CPUs since boot, or None without /proc/stat."""
+    try:
+        fields = _STAT.read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already
+    # counted in user/nice, so the total is the first eight fields
+    return sum(ticks[:8]), ticks[7] if len(ticks) > 7 else 0
+
+
+class MachineLoad:
+    """Context manager: ``steal`` (fraction of all CPU time stolen while inside) and ``loadavg``
+    (1-minute load average at the exit)."""
+
+    def __enter__(self) -> MachineLoad:
+        self._start = _cpu_ticks()
+        self.steal = float("nan")
+        self.loadavg = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = _cpu_ticks()
+        if self._start is not None and end is not None and end[0] > self._start[0]:
+            self.steal = (end[1] - self._start[1]) / (end[0] - self._start[0])
+        if hasattr(os, "getloadavg"):
+            self.loadavg = os.getloadavg()[0]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"cpu_steal_fraction": self.steal, "loadavg_1min": self.loadavg}
+
+    def describe(self) -> str:
+        return f"CPU time stolen by other guests: {100 * self.steal:.0f}%, load average {self.loadavg:.2f}"
