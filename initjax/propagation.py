@@ -1060,6 +1060,7 @@ def _propagate(
     else:
         per_seed = estimate_memory(first, remat=remat, group=len(configs))
     budget = _memory_budget(memory_budget)
+    n_devices = _n_devices(devices, impl_name)
     if chunk_size is None:
         if per_seed > budget:
             raise MemoryError(
@@ -1068,12 +1069,11 @@ def _propagate(
                 f"budget is {budget / 2**30:.2f} GiB: raise memory_budget or INITJAX_MEMORY_BUDGET, "
                 "or reduce width, depth or batch"
             )
-        chunk_size = _chunk_capacity(seeds, int(budget // per_seed))
+        # per device: each device's share of the seeds, rounded up (the budget is per device)
+        chunk_size = _chunk_capacity(-(-seeds // n_devices), int(budget // per_seed))
     else:
         chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), seeds)
-
-    n_devices = _n_devices(devices, impl_name)
-    # a chunk holds whole lane groups on every device; the memory budget is per device
+    # a chunk holds whole lane groups on every device
     chunk_size *= n_devices
 
     start = time.perf_counter()

@@ -382,9 +382,12 @@ from initjax.propagation import LayerStats
 assert jax.device_count() == 4
 c = NetworkConfig(depth=3, width=32, batch=4, init="xavier_normal", activation="tanh")
 one = propagate(c, seeds=6, prng_impl="threefry2x32").stats
-four = propagate(c, seeds=6, prng_impl="threefry2x32", devices="all").stats
+four = propagate(c, seeds=6, prng_impl="threefry2x32", devices="all").stats  # 2 slots per device, one idle
+# one seed per device per chunk: the second chunk fills two of the four devices
+chunked = propagate(c, seeds=6, prng_impl="threefry2x32", devices="all", chunk_size=1).stats
 for f in LayerStats._fields:
     np.testing.assert_allclose(getattr(four, f), getattr(one, f), rtol=1e-5, atol=1e-7, err_msg=f)
+    np.testing.assert_allclose(getattr(chunked, f), getattr(one, f), rtol=1e-5, atol=1e-7, err_msg=f)
 try:
     propagate(c, seeds=2, devices=4)
     raise SystemExit("philox on 4 devices was not refused")
