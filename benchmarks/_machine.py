@@ -46,3 +46,19 @@ class MachineLoad:
 
     def describe(self) -> str:
         return f"CPU time stolen by other guests: {100 * self.steal:.0f}%, load average {self.loadavg:.2f}"
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB: ``VmHWM`` from ``/proc/self/status``, which
+    belongs to the process's own memory image. ``ru_maxrss`` is not used: Linux carries it over an
+    ``exec`` from the image it replaces, so a child spawned by a large parent reports the parent's
+    size (the earlier 2.7-2.8 GiB "peaks" of the seed demo were the benchmark parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -3,7 +3,7 @@
     python benchmarks/depth_scaling.py                       # width 1024, depths 10..1000
     python benchmarks/depth_scaling.py --width 256 --depths 10 100
 
-Each depth runs in a fresh process, so its peak resident memory (``ru_maxrss``) is its own. With
+Each depth runs in a fresh process, so its peak resident memory (``VmHWM``) is its own. With
 ``lax.scan`` over layers and weights redrawn in the backward pass, compile time and memory should be
 flat in depth except for the per-layer activations kept for the statistics (8 x batch x width floats
 per layer).
@@ -15,9 +15,12 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+sys.path.insert(0, ".")  # run from benchmarks/
+from _machine import peak_rss_kib
 import numpy as np
 from initjax import NetworkConfig
 from initjax.propagation import _compiled, _Opts, _as_key, _as_scaled, seed_keys, default_lanes, propagate
@@ -36,7 +39,7 @@ t = time.perf_counter()
 propagate(c, seeds=seeds, chunk_size=seeds, progress=False)
 run_s = time.perf_counter() - t
 print(json.dumps({"depth": depth, "compile_s": compile_s, "run_s_per_seed": run_s / seeds,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": peak_rss_kib() / 1024}))
 """
 
 
@@ -54,7 +57,7 @@ def main() -> None:
     for depth in a.depths:
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(depth), str(a.width), str(a.batch), str(a.seeds)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]

@@ -128,14 +128,14 @@ def peak_memory_gib(width, depth, batch, seeds) -> float:
     """Peak resident memory (GiB) of a fresh process running ``seeds`` seeds of the five schemes
     with the default memory budget (chunks sized by the engine)."""
     code = (
-        "import resource, sys; sys.path.insert(0, '.');"
+        "import sys; sys.path.insert(0, '.'); sys.path.insert(0, 'benchmarks');"
         "from benchmarks.seed_demo import _configs, SCHEMES; from initjax import propagate_shared;"
         f"propagate_shared(_configs({width}, {depth}, {batch}, SCHEMES), seeds={seeds}, progress=False);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "from _machine import peak_rss_kib; print(peak_rss_kib())"
     )
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root)
-    return int(out.stdout.split()[-1]) / 2**20  # ru_maxrss is in KiB on Linux
+    return int(out.stdout.split()[-1]) / 2**20  # KiB -> GiB
 
 
 def main() -> None:
