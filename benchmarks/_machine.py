@@ -25,21 +25,27 @@ def _cpu_ticks() -> tuple[int, int] | None:
 
 
 class MachineLoad:
-    """Context manager: ``steal`` (fraction of all CPU time stolen while inside) and ``loadavg``
-    (1-minute load average at the exit)."""
+    """Measures ``steal`` (fraction of all CPU time stolen between :meth:`start` and :meth:`stop`)
+    and ``loadavg`` (1-minute load average at the stop); also a context manager."""
 
-    def __enter__(self) -> MachineLoad:
+    def start(self) -> MachineLoad:
         self._start = _cpu_ticks()
         self.steal = float("nan")
         self.loadavg = float("nan")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         end = _cpu_ticks()
         if self._start is not None and end is not None and end[0] > self._start[0]:
             self.steal = (end[1] - self._start[1]) / (end[0] - self._start[0])
         if hasattr(os, "getloadavg"):
             self.loadavg = os.getloadavg()[0]
+
+    def __enter__(self) -> MachineLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def as_dict(self) -> dict[str, float]:
         return {"cpu_steal_fraction": self.steal, "loadavg_1min": self.loadavg}

@@ -52,7 +52,7 @@ def main() -> None:
     a = p.parse_args()
     from _machine import MachineLoad
 
-    load = MachineLoad().__enter__()
+    load = MachineLoad().start()
     rows = []
     for depth in a.depths:
         out = subprocess.run(
@@ -63,7 +63,7 @@ def main() -> None:
         r = rows[-1]
         print(f"depth {depth:5d}: compile {r['compile_s']:6.2f} s, run {r['run_s_per_seed']:7.3f} s/seed, "
               f"peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
-    load.__exit__()
+    load.stop()
     print(load.describe())
     print(json.dumps({"width": a.width, "batch": a.batch, "seeds": a.seeds, "rows": rows, **load.as_dict()}))
 

@@ -62,7 +62,7 @@ def main() -> None:
     a = p.parse_args()
     from _machine import MachineLoad
 
-    load = MachineLoad().__enter__()
+    load = MachineLoad().start()
     config = NetworkConfig(depth=a.depth, width=a.width, batch=16, init="he_normal", activation="relu")
     rng = np.random.default_rng(0)
     numpy_seed(rng, a.width, a.depth, 16)
@@ -85,7 +85,7 @@ def main() -> None:
         out["huge_act_var_first_last"] = [float(np.mean(r.stats.act_var[:, 0])), float(np.mean(r.stats.act_var[:, -1]))]
         print(f"width 65,536 x depth 100, 2 seeds, fast: {out['huge_seconds_2_seeds']:.1f} s (compile included); "
               f"Var[x] layer 1 {out['huge_act_var_first_last'][0]:.3f}, layer 100 {out['huge_act_var_first_last'][1]:.3f}")
-    load.__exit__()
+    load.stop()
     out.update(load.as_dict())
     print(load.describe())
     print(json.dumps(out))

@@ -151,7 +151,7 @@ def main() -> None:
     a = p.parse_args()
     from _machine import MachineLoad
 
-    load = MachineLoad().__enter__()
+    load = MachineLoad().start()
     shape = (a.width, a.depth, a.batch)
     np_fwd = time_numpy(*shape, a.numpy_seeds, backward=False)
     np_full = time_numpy(*shape, a.numpy_seeds, backward=True)
@@ -164,7 +164,7 @@ def main() -> None:
     except ImportError:
         pt = pt_one = float("nan")
     mem = peak_memory_gib(*shape, a.memory_seeds) if a.memory_seeds else float("nan")
-    load.__exit__()
+    load.stop()
     result = {
         "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
