@@ -624,6 +624,9 @@ def _compiled(
         k, x = args
         return _seed_stats(configs, opts, k, x if with_inputs else None, stds)
 
+    # jitted so that the output shapes (eval_shape) and the loop body share one trace of the network
+    lane_group = jax.jit(jax.vmap(one, in_axes=(0, None)))
+
     def run(key_data, x, stds, valid):
         keys = jax.random.wrap_key_data(key_data, impl=impl)
         groups = keys.shape[0] // lanes
@@ -632,13 +635,12 @@ def _compiled(
         if n_devices > 1:  # this device's seeds are [offset, offset + its share) of the chunk
             valid = valid - jax.lax.axis_index("seeds") * keys.size
         count = jnp.clip((valid + lanes - 1) // lanes, 0, groups)
-        lane_group = jax.vmap(lambda a: one(a, stds))
 
         def body(i, acc):
-            out = lane_group((keys[i], x[i]))
+            out = lane_group((keys[i], x[i]), stds)
             return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, out)
 
-        shapes = jax.eval_shape(lane_group, (keys[0], x[0]))
+        shapes = jax.eval_shape(lane_group, (keys[0], x[0]), stds)
         init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
         out = jax.lax.fori_loop(0, count, body, init)
         return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
