@@ -5,8 +5,9 @@
 
 Each depth runs in a fresh process, so its peak resident memory (``VmHWM``) is its own. With
 ``lax.scan`` over layers and weights redrawn in the backward pass, compile time and memory should be
-flat in depth except for the per-layer activations kept for the statistics (8 x batch x width floats
-per layer).
+flat in depth except for the per-layer tensors kept for the statistics and the backward pass
+(measured at width 1024, batch 16: 1.43 MiB per layer, about 23 (batch, width) float32 tensors with
+the statistics' temporaries).
 """
 
 from __future__ import annotations
