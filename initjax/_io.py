@@ -41,7 +41,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically; NaN/inf become null (strict JSON)."""
-    return write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
@@ -64,16 +64,23 @@ def save_figure(fig: Any, path_stem: str | os.PathLike, formats: tuple[str, ...]
     return out
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Replace non-finite floats by None and numpy scalars/arrays by Python values, recursively."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+def progress_bar(**kwargs: Any):
+    """A tqdm bar that clears itself when done (tqdm is imported on first use)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(leave=False, dynamic_ncols=True, **kwargs)

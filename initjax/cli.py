@@ -188,7 +188,7 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
             for name, field in _PREDICTED:
                 row[name + "_pred"] = float(getattr(prediction, field)[i])
     if args.json:
-        print(json.dumps(_io._json_safe(payload)))
+        print(json.dumps(_io.json_safe(payload)))
     else:
         print(_format_table(result))
         if prediction is not None:
@@ -237,7 +237,7 @@ def _cmd_theory(args: argparse.Namespace) -> int:
         "q": [float(v) for v in q],
     }
     if args.json:
-        print(json.dumps(_io._json_safe(out)))
+        print(json.dumps(_io.json_safe(out)))
         return 0
     phase = "ordered" if out["chi_1"] < 1 else "chaotic" if out["chi_1"] > 1 else "critical"
     print(f"{args.activation}, sigma_w^2 = {args.sigma_w2}, sigma_b^2 = {args.sigma_b2}: {phase} phase")
