@@ -24,14 +24,16 @@ sys.path.insert(0, ".")  # run from benchmarks/
 from _machine import peak_rss_kib
 import numpy as np
 from initjax import NetworkConfig
-from initjax.propagation import _compiled, _Opts, _as_key, _as_scaled, seed_keys, default_lanes, propagate
+from initjax.engine import MeasureOptions, default_lanes, propagate, seed_keys
+from initjax.engine.executor import compiled_program
+from initjax.engine.sampling import as_scaled, base_key
 depth, width, batch, seeds = map(int, sys.argv[1:5])
 c = NetworkConfig(depth=depth, width=width, batch=batch, init="he_normal", activation="relu")
-opts = _Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
-keys = seed_keys(_as_key(0, "philox2x32"), np.arange(seeds))
+opts = MeasureOptions((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
+keys = seed_keys(base_key(0, "philox2x32"), np.arange(seeds))
 import jax
-scaled, stds = _as_scaled((c,))
-fn = _compiled(scaled, opts, False, default_lanes(), "philox2x32", 1)
+scaled, stds = as_scaled((c,))
+fn = compiled_program(scaled, opts, False, default_lanes(), "philox2x32", 1)
 t = time.perf_counter()
 compiled = fn.lower(jax.random.key_data(keys), None, stds, np.int32(seeds)).compile()
 compile_s = time.perf_counter() - t

@@ -56,7 +56,7 @@ def _width(text: str) -> int | tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     from initjax.config import NORMS, PLACEMENTS
-    from initjax.propagation import COTANGENTS
+    from initjax.engine import COTANGENTS
 
     parser = argparse.ArgumentParser(
         prog="initjax",
@@ -152,7 +152,7 @@ def _devices(value: str | None) -> int | str | None:
 def _cmd_propagate(args: argparse.Namespace) -> int:
     from initjax import _io, plotting
     from initjax.config import NetworkConfig
-    from initjax.propagation import FallbackWarning, NonFiniteWarning, propagate
+    from initjax.engine import FallbackWarning, NonFiniteWarning, propagate
 
     config = NetworkConfig(
         depth=args.depth,

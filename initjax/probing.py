@@ -4,7 +4,7 @@
 :func:`probe` measures a network that already exists (an initjax :class:`~initjax.modules.MLP` or
 :class:`~initjax.modules.PlainCNN`, a stacked ensemble of them, or any Flax NNX model built from
 ``nnx.Linear``/``nnx.Conv`` layers) and :func:`probe_linen` does the same for a Flax Linen model.
-Both hand the model's per-layer tensors to :func:`initjax.propagation.measure_layers`, the very
+Both hand the model's per-layer tensors to :func:`initjax.engine.measure_layers`, the very
 code the engine uses, so a probed network and the same network propagated by the engine give the
 same :class:`~initjax.LayerStats` (the tests check it field by field).
 
@@ -58,7 +58,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import numbers
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -70,8 +69,10 @@ from flax import nnx
 
 from initjax import activations as _activations
 from initjax._checks import check_float, check_int
+from initjax._keys import as_key
+from initjax.engine import LayerStats, Propagation, measure_layers
+from initjax.engine.stats import check_range
 from initjax.modules import MLP, PlainCNN
-from initjax.propagation import LayerStats, Propagation, _check_range, measure_layers
 
 __all__ = [
     "ProbeConfig",
@@ -286,11 +287,12 @@ class _CountingActivation:
 _LAYER_TYPES = (nnx.Linear, nnx.Conv)
 
 
-def _path_name(path: Sequence[Any]) -> str:
+def path_name(path: Sequence[Any]) -> str:
+    """A module path as the dotted name :func:`find_layers` reports (``"layers.0"``)."""
     return ".".join(str(p) for p in path) or "<root>"
 
 
-def _layer_modules(model: nnx.Module) -> list[tuple[tuple, nnx.Module]]:
+def layer_modules(model: nnx.Module) -> list[tuple[tuple, nnx.Module]]:
     """The model's ``nnx.Linear``/``nnx.Conv`` submodules (attribute order, each once)."""
     return [(tuple(p), m) for p, m in nnx.iter_modules(model) if isinstance(m, _LAYER_TYPES)]
 
@@ -357,7 +359,10 @@ class _Runner:
         }
 
 
-class _NNXRunner(_Runner):
+class NNXRunner(_Runner):
+    """Runs an NNX model's forward pass from its split state (graph definition, params, rest)
+    with probes hooked into its Linear/Conv calls; shared with :mod:`initjax.lsuv`."""
+
     def __init__(self, graphdef, use_running_average: bool | None):
         self.graphdef = graphdef
         self.ura = use_running_average
@@ -379,8 +384,8 @@ class _NNXRunner(_Runner):
         model = self._merge(params, rest)
         rec = _Recorder(probes, probe_inputs=True)
         hooks = {
-            id(m): (m, rec.layer_hook(_path_name(p), p, isinstance(m, nnx.Conv)))
-            for p, m in _layer_modules(model)
+            id(m): (m, rec.layer_hook(path_name(p), p, isinstance(m, nnx.Conv)))
+            for p, m in layer_modules(model)
         }
         with _hooked(hooks):
             out = _as_output(model(x), f"{type(model).__name__}.__call__")
@@ -390,7 +395,7 @@ class _NNXRunner(_Runner):
         return out, _Aux(rec.inputs, rec.outputs, None)
 
 
-class _StackRunner(_NNXRunner):
+class _StackRunner(NNXRunner):
     """initjax MLP / PlainCNN: hidden blocks only, through ``forward_with_intermediates``."""
 
     stack = True
@@ -458,7 +463,7 @@ class _LinenRunner(_Runner):
             if not hooked or id(mod) in busy:
                 return next_fun(*args, **kwargs)
             path = tuple(mod.scope.path) if mod.scope is not None else ()
-            hook = rec.layer_hook(_path_name(path), path, isinstance(mod, nn.Conv))
+            hook = rec.layer_hook(path_name(path), path, isinstance(mod, nn.Conv))
             busy.add(id(mod))
             try:
                 return hook(next_fun, args, kwargs)
@@ -556,20 +561,6 @@ def _layer_measure(act, act_range, grad_range, bins, saturation_tolerance):
     return jax.jit(jax.vmap(one))
 
 
-def _to_key(key: Any) -> Array:
-    """An int seed becomes ``jax.random.key(seed, impl="philox2x32")``, the engine's default
-    implementation (threefry's normal sampler took seconds to compile per shape on the 2-core
-    development machine, philox's a fraction of a second); a PRNG key is used as given."""
-    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
-        return jax.random.key(int(key), impl="philox2x32")
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
-            return key
-        if key.shape == (2,) and key.dtype == jnp.uint32:
-            return jax.random.wrap_key_data(key)
-    raise TypeError(f"key must be an int seed or a single JAX PRNG key, got {key!r}")
-
-
 def _check_x(x: Any) -> Array:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"x must be an array (a batch of inputs), got {type(x).__name__}")
@@ -636,7 +627,7 @@ def _member(tree: Any, s: int) -> Any:
     return jax.tree.map(lambda a: a[s], tree)
 
 
-def _discover(runner: _Runner, params, rest, x, model_desc: str, expect: str):
+def discover_layers(runner: _Runner, params, rest, x, model_desc: str, expect: str):
     """Shapes of the output and of every layer tensor, and the layers' static facts, from an
     abstract forward pass (``jax.eval_shape``: nothing is computed)."""
     meta: list[_Call] = []
@@ -686,13 +677,13 @@ def _measure(
     model_name: str,
 ) -> ProbeResult:
     kind, cot_value = _check_cotangent(cotangent)
-    base_key = _to_key(key)
+    base_key = as_key(key)
     given_act = None if activation is None else _activations.get(activation)
     bins = check_int("bins", bins, minimum=1)
     saturation_tolerance = check_float("saturation_tolerance", saturation_tolerance, minimum=0.0)
 
     p0, r0 = (params, rest) if stack_size is None else (_member(params, 0), _member(rest, 0))
-    out_s, aux_s, meta = _discover(runner, p0, r0, x, model_desc, expect)
+    out_s, aux_s, meta = discover_layers(runner, p0, r0, x, model_desc, expect)
     if not meta:
         raise ValueError(
             f"{model_name} called no probe-able layer (nnx.Linear / nnx.Conv, or Linen nn.Dense / "
@@ -802,7 +793,7 @@ def _measure(
     )
 
 
-def _nnx_setup(model: Any, x: Any, use_running_average: Any):
+def nnx_setup(model: Any, x: Any, use_running_average: Any):
     """Validate an NNX model and its batch; return what :func:`_measure` and LSUV need."""
     if not isinstance(model, nnx.Module):
         raise TypeError(
@@ -814,7 +805,7 @@ def _nnx_setup(model: Any, x: Any, use_running_average: Any):
             f"use_running_average must be None, True or False, got {use_running_average!r}"
         )
     x = _check_x(x)
-    layers = _layer_modules(model)
+    layers = layer_modules(model)
     name = type(model).__name__
     if not layers:
         raise ValueError(
@@ -836,14 +827,14 @@ def _nnx_setup(model: Any, x: Any, use_running_average: Any):
         path, first = layers[0]
         n_in = first.in_features
         expect = (
-            f"its first Linear/Conv in attribute order ({_path_name(path)}) takes inputs "
+            f"its first Linear/Conv in attribute order ({path_name(path)}) takes inputs "
             f"(batch, ..., {n_in})"
         )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if stack:
         runner = _StackRunner(graphdef, use_running_average, model.norm_placement)
     else:
-        runner = _NNXRunner(graphdef, use_running_average)
+        runner = NNXRunner(graphdef, use_running_average)
     return x, runner, params, rest, stack_size, expect
 
 
@@ -868,7 +859,7 @@ def probe(
     For each layer ``l`` the model's tensors ``x^{l-1}`` (input), ``h^l`` (Linear/Conv output),
     ``y^l`` (activation output), ``x^l`` (layer output) and the gradients ``dL/dh^l``,
     ``dL/dx^l`` of ``L = <cotangent, f(x)>`` (or of the given loss) go to
-    :func:`initjax.propagation.measure_layers`. The gradients come from one ``jax.vjp`` with zero
+    :func:`initjax.engine.measure_layers`. The gradients come from one ``jax.vjp`` with zero
     probes added to ``h^l`` and ``x^l``. The model is not modified (batch-norm running averages
     stay as they are). What exactly is measured for each kind of model is in the module docstring;
     tensors with spatial axes are reshaped to ``(batch * H * W, channels)``.
@@ -916,11 +907,11 @@ def probe(
     References:
       Glorot & Bengio 2010, https://proceedings.mlr.press/v9/glorot10a.html.
     """
-    act_range = _check_range("act_range", act_range)
-    grad_range = _check_range("grad_range", grad_range)
+    act_range = check_range("act_range", act_range)
+    grad_range = check_range("grad_range", grad_range)
     if activation is not None:
         _activations.get(activation)  # unknown names fail before any work
-    x, runner, params, rest, stack_size, expect = _nnx_setup(model, x, use_running_average)
+    x, runner, params, rest, stack_size, expect = nnx_setup(model, x, use_running_average)
     model_act = getattr(model, "activation", None) if runner.stack else None
     return _measure(
         runner, params, rest, x, stack_size=stack_size, model_desc=type(model).__name__,
@@ -978,8 +969,8 @@ def probe_linen(
         )
     if apply_kwargs is not None and not isinstance(apply_kwargs, Mapping):
         raise TypeError(f"apply_kwargs must be a dict or None, got {apply_kwargs!r}")
-    act_range = _check_range("act_range", act_range)
-    grad_range = _check_range("grad_range", grad_range)
+    act_range = check_range("act_range", act_range)
+    grad_range = check_range("grad_range", grad_range)
     if activation is not None:
         _activations.get(activation)
     x = _check_x(x)
@@ -1006,9 +997,9 @@ def find_layers(model: nnx.Module, x: Any) -> tuple[str, ...]:
     Raises:
       TypeError / ValueError: as :func:`probe` (no layers, a batch of the wrong shape).
     """
-    x, setup_runner, params, rest, stack_size, expect = _nnx_setup(model, x, None)
-    runner = _NNXRunner(setup_runner.graphdef, None)
+    x, setup_runner, params, rest, stack_size, expect = nnx_setup(model, x, None)
+    runner = NNXRunner(setup_runner.graphdef, None)
     if stack_size is not None:
         params, rest = _member(params, 0), _member(rest, 0)
-    _, _, meta = _discover(runner, params, rest, x, type(model).__name__, expect)
+    _, _, meta = discover_layers(runner, params, rest, x, type(model).__name__, expect)
     return tuple(c.name for c in meta)

@@ -1,9 +1,12 @@
 """Sweeps: many network configs (init x activation x depth x ...), each over many seeds.
 
-    >>> base = NetworkConfig(depth=10, width=512, batch=16)
+    >>> base = NetworkConfig(depth=10, width=64, batch=16)
     >>> configs = grid(base, activation=["tanh", "relu"], init=["xavier_normal", "he_normal"])
-    >>> result = sweep(configs, seeds=8, out="results/my-sweep")   # resumable, written as it goes
-    >>> result["relu / he_normal"].stats.act_var.shape             # (8, 10)
+    >>> configs[3].name
+    'activation=relu, init=he_normal'
+    >>> result = sweep(configs, seeds=8)  # out="results/my-sweep": resumable, written as it goes
+    >>> result["activation=relu, init=he_normal"].stats.act_var.shape
+    (8, 10)
 
 With ``out``, each finished config is saved at once (atomically) under ``out/NNN/`` and recorded in
 ``out/sweep.json``; running the same sweep again skips what is already done, so an interrupted sweep
@@ -23,7 +26,8 @@ from typing import Any
 
 from initjax import _io
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, _progress_bar, propagate, propagate_shared, shareable
+from initjax.engine import Propagation, propagate, propagate_shared, shareable
+from initjax.engine.propagation import check_configs
 
 __all__ = ["grid", "sweep", "Sweep"]
 
@@ -164,12 +168,7 @@ def sweep(
         float32 rounding where configs equal up to scale share one traced body).
       **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, devices...).
     """
-    configs = list(configs)
-    if not configs:
-        raise ValueError("sweep needs at least one config, got none")
-    for i, c in enumerate(configs):
-        if not isinstance(c, NetworkConfig):
-            raise TypeError(f"configs[{i}] must be a NetworkConfig, got {type(c).__name__}")
+    configs = list(check_configs(configs, "sweep"))
     d = Path(out) if out is not None else None
     results: list[Propagation | None] = [None] * len(configs)
     done: set[int] = set()
@@ -185,7 +184,7 @@ def sweep(
         _write_index(d, configs, done)
     show = not quiet and sys.stderr.isatty()
     todo = [i for i in range(len(configs)) if i not in done]
-    with _progress_bar(total=len(configs), desc="sweep", unit="config", disable=not show) as bar:
+    with _io.progress_bar(total=len(configs), desc="sweep", unit="config", disable=not show) as bar:
         bar.update(len(done))
         for group in _groups(configs, todo, share_draws):
             members = [configs[i] for i in group]

@@ -7,7 +7,7 @@ Shapes are few and small on purpose: every new shape is an XLA compile.
 """
 
 import functools
-import importlib
+import logging
 
 import flax.linen as nn
 import jax
@@ -19,9 +19,6 @@ from flax import nnx
 from initjax import NetworkConfig, plotting, propagate_shared, trace
 from initjax.modules import MLP, PlainCNN, create_ensemble, ensemble_member
 from initjax.probing import ProbeResult, find_layers, probe, probe_linen
-
-# the module itself (initjax/__init__ may export the function probe under the same name)
-probe_module = importlib.import_module("initjax.probing")
 
 WIDTH, BATCH, DEPTH = 32, 8, 3
 
@@ -239,15 +236,18 @@ def test_norm_after_residual_and_batch_norm_modes():
     assert not np.allclose(*moments, rtol=1e-3)
 
 
-def test_find_layers_plots_and_no_recompile(tanh_mlp):
+def test_find_layers_plots_and_no_recompile(tanh_mlp, caplog):
     readout = MLP(WIDTH, (WIDTH,), 4, activation="tanh", rngs=_rngs(0))
     assert find_layers(readout, _x()) == ("layers.0", "readout")
     res = probe(tanh_mlp, _x())
     assert isinstance(res, ProbeResult) and res.nonfinite_layers == []
-    # the same architecture again (another instance, other weights): no new compiled program
-    compiled = probe_module._tensors_of._cache_size()
-    probe(MLP(WIDTH, (WIDTH,) * DEPTH, activation="tanh", rngs=_rngs(8)), _x(2))
-    assert probe_module._tensors_of._cache_size() == compiled
+    # the same architecture again (another instance, other weights): nothing is compiled
+    other, x = MLP(WIDTH, (WIDTH,) * DEPTH, activation="tanh", rngs=_rngs(8)), _x(2)
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        again = probe(other, x)
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert compiled == [], compiled
+    assert not np.array_equal(again.stats.act_var, res.stats.act_var)  # it did measure the other net
     axes = plotting.hist_strip(res)
     assert len(axes) == DEPTH
     plotting.variance_curves([res], "grad_preact_var")

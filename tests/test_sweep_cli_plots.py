@@ -8,7 +8,7 @@ import pytest
 import initjax
 from initjax import NetworkConfig, Propagation, grid, plotting, propagate, reproductions, sweep
 from initjax.cli import main
-from initjax.propagation import LayerStats
+from initjax.engine import LayerStats
 
 BASE = NetworkConfig(depth=3, width=16, batch=4, activation="tanh")
 

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from initjax import NetworkConfig, fastpath
-from initjax import propagation as P
-from initjax.fastpath import fast_applicable, fast_seed_tensors
+from initjax import NetworkConfig
+from initjax.engine import MeasureOptions, estimate_memory, fast, seed_keys
+from initjax.engine.dense import SAMPLER as DENSE
+from initjax.engine.fast import SAMPLER as FAST
+from initjax.engine.fast import applicable
+from initjax.engine.sampling import split_seed_key
+from initjax.engine.stats import stats_of_layers
 
-OPTS = P._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", False, 0.01)
+OPTS = MeasureOptions((-1.0, 1.0), (-1.0, 1.0), 40, "normal", False, 0.01)
 # the engine's default PRNG; threefry's normals compiled 8x slower here
 KEY = jax.random.key(0, impl="philox2x32")
 SEEDS = 200
@@ -32,23 +36,24 @@ def _compile(fn, *args):
 
 
 def _keys(start: int, count: int = SEEDS) -> jax.Array:
-    return P.seed_keys(KEY, np.arange(start, start + count))
+    return seed_keys(KEY, np.arange(start, start + count))
 
 
 def _fast_one(config, k, x):
-    # looked up at call time, so a monkeypatched fastpath helper is what gets compiled
-    return fastpath.fast_seed_tensors(config, OPTS, k, x)
+    # through the sampler protocol; fast.linear_backward is looked up at call time, so a
+    # monkeypatched one is what gets compiled
+    return FAST.seed_tensors((config,), OPTS, k, x)[0]
 
 
 def _dense_one(config, k, x):
-    return P._seed_tensors((config,), OPTS, k, x)[0]
+    return DENSE.seed_tensors((config,), OPTS, k, x)[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stats_program(config):
-    """One compiled ``_stats_of_layers`` per config, shared by both paths (same tensor shapes)."""
+    """One compiled ``stats_of_layers`` per config, shared by both paths (same tensor shapes)."""
     example = jax.eval_shape(jax.vmap(lambda k: _fast_one(config, k, None)), _keys(0))
-    stats = functools.partial(P._stats_of_layers, config.activation, OPTS)
+    stats = functools.partial(stats_of_layers, config.activation, OPTS)
     return _compile(jax.vmap(stats), *example)
 
 
@@ -58,12 +63,12 @@ def _per_seed_stats(config, one, start: int):
     return {f: np.asarray(getattr(st, f), np.float64) for f in FIELDS}, tensors
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dense_stats(config):
     return _per_seed_stats(config, _dense_one, DENSE_START)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_stats(config):
     return _per_seed_stats(config, _fast_one, FAST_START)
 
@@ -117,7 +122,7 @@ def test_the_law_test_can_fail(monkeypatch):
     def no_complement(keys, layer, dh, vt, g, std, n_in):
         return (dh @ g.T) @ vt
 
-    monkeypatch.setattr(fastpath, "_linear_backward", no_complement)
+    monkeypatch.setattr(fast, "linear_backward", no_complement)
     broken, _ = _per_seed_stats(TANH, _fast_one, FAST_START)  # not cached: compiled with the mutant
     dense, _ = _dense_stats(TANH)
     bad = {(f, layer) for f, layer, _, _ in _law_mismatches(broken, dense, TANH.depth)}
@@ -127,7 +132,7 @@ def test_the_law_test_can_fail(monkeypatch):
 
 
 # --- exact identities of the conditional sampling ----------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _one_seed_program(config, with_inputs: bool):
     x = jnp.zeros((config.batch, config.widths[0]), jnp.float32) if with_inputs else None
     return _compile(lambda k, x: _fast_one(config, k, x), _keys(0, 1)[0], x)
@@ -180,14 +185,14 @@ def test_backward_is_conditioned_on_the_forward(config, inputs):
 
 def test_the_conditioning_test_can_fail(monkeypatch):
     """A backward pass that redraws G (ignores what H revealed about W) breaks the identity."""
-    orig = fastpath._linear_backward
+    orig = fast.linear_backward
 
     def fresh_g(keys, layer, dh, vt, g, std, n_in):
         k_new = jax.random.fold_in(keys.weights, 10_000 + layer)
         g2 = jax.random.normal(k_new, g.shape, g.dtype) * std
         return orig(keys, layer, dh, vt, g2, std, n_in)
 
-    monkeypatch.setattr(fastpath, "_linear_backward", fresh_g)
+    monkeypatch.setattr(fast, "linear_backward", fresh_g)
     out = _compile(lambda k: _fast_one(TANH, k, None), _keys(0, 1)[0])(_keys(3, 1)[0])
     t = [[np.asarray(a, np.float64) for a in x] for x in out]
     assert min(_conditioning_error(t, layer) for layer in (1, 2, 3)) > 0.1
@@ -202,8 +207,8 @@ def test_batch_of_one_is_norm_times_a_gaussian():
     )
     x = np.random.default_rng(1).normal(size=(1, 32)).astype(np.float32)
     k = _keys(7, 1)[0]
-    h = np.asarray(jax.jit(lambda k, x: fast_seed_tensors(config, OPTS, k, x)[1])(k, x))[0, 0]
-    keys = P._split_seed_key(k)
+    h = np.asarray(jax.jit(lambda k, x: fast.sample_tensors(config, OPTS, k, x)[1])(k, x))[0, 0]
+    keys = split_seed_key(k)
     k_g = jax.random.fold_in(jax.random.fold_in(keys.weights, 0), 0)  # layer 0, tag G
     g = np.asarray(jax.random.normal(k_g, (1, n)))[0]
     norm = np.linalg.norm(x.astype(np.float64))
@@ -222,7 +227,7 @@ def test_first_layer_covariance_is_s2_x_xt():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(2, 24))
     x = np.stack([a, b, a + b, np.zeros(24)]).astype(np.float32)
-    first_h = jax.jit(lambda k, x: fast_seed_tensors(config, OPTS, k, x)[1])
+    first_h = jax.jit(lambda k, x: fast.sample_tensors(config, OPTS, k, x)[1])
     h = np.asarray(first_h(_keys(5, 1)[0], x))[0].astype(np.float64)
     cov = h @ h.T / n_out
     x64 = x.astype(np.float64)
@@ -316,24 +321,24 @@ NOT_APPLICABLE = [
 
 @pytest.mark.parametrize("init", APPLICABLE)
 def test_fast_applicable_accepts_iid_gaussians(init):
-    assert fast_applicable(small(init=init)) is None
-    assert fast_applicable(small(init=init, width=(48, 32, 32, 16), in_width=40)) is None
+    assert applicable(small(init=init)) is None
+    assert applicable(small(init=init, width=(48, 32, 32, 16), in_width=40)) is None
 
 
 @pytest.mark.parametrize("init", NOT_APPLICABLE)
 def test_fast_applicable_refuses_the_rest(init):
-    reason = fast_applicable(small(init=init))
+    reason = applicable(small(init=init))
     assert isinstance(reason, str) and "init" in reason
     with pytest.raises(ValueError, match="does not apply"):
-        fast_seed_tensors(small(init=init), OPTS, _keys(0, 1)[0], None)
+        fast.sample_tensors(small(init=init), OPTS, _keys(0, 1)[0], None)
 
 
 def test_fast_applicable_other_refusals():
-    assert "dtype" in fast_applicable(small(dtype="bfloat16"))
-    assert "custom" in fast_applicable(small(init=jax.nn.initializers.normal(0.1)))
-    assert "cannot fill" in fast_applicable(small(init="sparse:k=100"))  # k > fan_in
+    assert "dtype" in applicable(small(dtype="bfloat16"))
+    assert "custom" in applicable(small(init=jax.nn.initializers.normal(0.1)))
+    assert "cannot fill" in applicable(small(init="sparse:k=100"))  # k > fan_in
     with pytest.raises(TypeError):
-        fast_applicable("he_normal")
+        applicable("he_normal")
 
 
 def test_memory_estimate_has_no_weight_matrix():
@@ -341,5 +346,5 @@ def test_memory_estimate_has_no_weight_matrix():
     buffer, so the estimate is a tenth of the dense one (whose 4 matrix buffers are 1 GiB)."""
     config = small(width=8192, depth=20, batch=16)
     kept = 8 * 16 * 8192 * 21 * 4
-    assert kept < fastpath.fast_estimate_memory(config) < 1.5 * kept
-    assert fastpath.fast_estimate_memory(config) * 8 < P.estimate_memory(config)
+    assert kept < fast.estimate_memory(config) < 1.5 * kept
+    assert fast.estimate_memory(config) * 8 < estimate_memory(config)

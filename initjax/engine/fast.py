@@ -1,19 +1,20 @@
 """An exact fast path for i.i.d. zero-mean Gaussian weights: O(B n) random numbers per layer.
 
-The engine (:mod:`initjax.propagation`) draws every entry of every ``n_in x n_out`` weight matrix,
+The dense sampler (:mod:`initjax.engine.dense`) draws every entry of every ``n_in x n_out`` weight matrix,
 yet each tensor it returns sees a layer's ``W`` only through two products: ``H = X W + b`` forward
 and ``dL/dX = D W^T`` backward (``X``: the layer input, ``B x n_in``; ``D = dL/dH``, ``B x n_out``;
 the weight gradient ``X^T D`` does not involve ``W``). When ``W`` has i.i.d. ``N(0, s^2)`` entries,
 those two products can be sampled directly from their exact joint law with ``O(B (n_in + n_out))``
-random numbers instead of ``n_in n_out``. :func:`fast_seed_tensors` does that; its tensors can be
-fed to the engine's statistics unchanged.
+random numbers instead of ``n_in n_out``. :func:`sample_tensors` does that; its tensors can be
+fed to the engine's statistics (:mod:`initjax.engine.stats`) unchanged. :data:`SAMPLER` is this
+sampler in the engine's protocol (``propagate(..., method="fast")``).
 
 Algorithm, one layer of one seed (``P = V V^T``):
 
 * Forward. ``V`` (``n_in x k``, ``k = min(B, n_in)``) has orthonormal columns whose span contains
   the rows of ``X`` (the Q factor of ``X^T``, see *Rank deficiency* below). Draw ``G``
   (``k x n_out``) i.i.d. ``N(0, s^2)`` and set ``H = (X V) G + b``. This is the engine's
-  ``_layer_forward`` called with ``(X V, G)`` in place of ``(X, W)``, so activation,
+  ``sampling.layer_forward`` called with ``(X V, G)`` in place of ``(X, W)``, so activation,
   normalization and their placement are the engine's own code.
 * Backward. ``D = dL/dH`` is ``jax.vjp`` of that same call with respect to a zero probe on ``H``
   (as the engine does), given ``dL/d out``. Then, with ``V_D`` (``n_out x k_D``) orthonormal,
@@ -103,14 +104,14 @@ Cost per layer and seed, with ``k = min(B, n_in)``, ``k_D = min(B, n_out)``:
   projection, and the forward recomputed once for the vjp), against ``4 B n_in n_out`` dense;
 * memory: kept per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), the same
   order as the ``(batch, units)`` tensors the engine keeps anyway; no ``n_in x n_out`` buffer ever
-  exists (dense: about four per live matrix, see ``propagation.estimate_memory``).
+  exists (dense: about four per live matrix, see ``dense.estimate_memory``).
 
 Measured (``_demo``: width 8192, depth 20, batch 16, tanh, jit, one seed, on a 2-core CPU shared
 with other jobs, so +-50%): fast 1.1 s per seed with the engine's statistics (0.3 s for the
 tensors alone), dense 35-68 s. On a busy CPU, ``OPENBLAS_NUM_THREADS=1`` matters: the QRs go
 through LAPACK, whose threads made them 40x slower under contention (1.7 s per seed).
 
-Only zero-mean, untruncated i.i.d. Gaussian inits qualify (:func:`fast_applicable`): orthogonal,
+Only zero-mean, untruncated i.i.d. Gaussian inits qualify (:func:`applicable`): orthogonal,
 uniform, truncated, sparse or non-zero-mean weights lack the rotational invariance of point 1.
 """
 
@@ -121,10 +122,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from initjax import propagation as _prop
 from initjax.config import NetworkConfig
+from initjax.engine.sampler import Sampler
+from initjax.engine.sampling import (
+    draw_bias,
+    draw_cotangent,
+    draw_inputs,
+    layer_forward,
+    split_seed_key,
+)
+from initjax.engine.stats import LayerStats, MeasureOptions, stats_of_layers
 
-__all__ = ["fast_applicable", "fast_seed_tensors", "fast_seed_stats", "fast_estimate_memory"]
+__all__ = ["SAMPLER", "applicable", "estimate_memory", "linear_backward", "sample_stats", "sample_tensors"]
 
 # fold_in tags under fold_in(weights_key, layer): the forward factor G and the complement factor F
 _TAG_G = 0
@@ -132,8 +141,8 @@ _TAG_F = 1
 _DTYPES = ("float32", "float64")
 
 
-def fast_applicable(config: NetworkConfig) -> str | None:
-    """None if :func:`fast_seed_tensors` applies to ``config``, else the reason it does not.
+def applicable(config: NetworkConfig) -> str | None:
+    """None if :func:`sample_tensors` applies to ``config``, else the reason it does not.
 
     It applies when every weight init is literally ``std * normal(key, shape)`` for every weight
     shape (``Initializer.gaussian_std(shape)`` is not None: zero-mean, untruncated i.i.d. Gaussian,
@@ -183,7 +192,7 @@ def _row_basis(x: jax.Array) -> _Basis:
 
 def _layer_std(config: NetworkConfig, shape: tuple[int, int]) -> float:
     std = config.init.gaussian_std(shape)
-    if std is None:  # fast_applicable was checked first; keep the invariant loud
+    if std is None:  # applicable() was checked first; keep the invariant loud
         raise ValueError(f"init {config.init!r} has no Gaussian std for shape {shape}")
     return std
 
@@ -193,10 +202,6 @@ def _normal(key: jax.Array, shape: tuple[int, int], std: float, dtype: Any) -> j
     return jax.random.normal(key, shape, dtype) * jnp.asarray(std, dtype)
 
 
-def _bias(config: NetworkConfig, keys: Any, layer: Any, n_out: int) -> jax.Array:
-    return config.bias_init(jax.random.fold_in(keys.biases, layer), (n_out,), config.jnp_dtype)
-
-
 def _forward_layer(config: NetworkConfig, keys: Any, layer: Any, x: jax.Array, shape: tuple):
     """``(h, y, out, coords, vt, g)`` of one layer: the engine's forward with ``X W = (X V) G``."""
     dtype = config.jnp_dtype
@@ -204,25 +209,25 @@ def _forward_layer(config: NetworkConfig, keys: Any, layer: Any, x: jax.Array, s
     k_w = jax.random.fold_in(keys.weights, layer)
     std = _layer_std(config, shape)
     g = _normal(jax.random.fold_in(k_w, _TAG_G), (basis.vt.shape[0], shape[1]), std, dtype)
-    b = _bias(config, keys, layer, shape[1])
+    b = draw_bias(config, keys, layer, shape[1])
     zeros = jnp.zeros((x.shape[0], shape[1]), dtype)
-    h, y, out = _prop._layer_forward(config, basis.coords, g, b, zeros, zeros)
+    h, y, out = layer_forward(config, basis.coords, g, b, zeros, zeros)
     return h, y, out, basis.coords, basis.vt, g
 
 
 def _nonlinear_backward(config: NetworkConfig, keys: Any, layer: Any, coords, g, dout) -> jax.Array:
     """``dL/dh`` from ``dL/d out``: the vjp of the engine's layer through a zero probe on ``h``."""
-    b = _bias(config, keys, layer, g.shape[1])
+    b = draw_bias(config, keys, layer, g.shape[1])
     zeros = jnp.zeros_like(dout)
 
     def out_of_probe(probe_h):
-        return _prop._layer_forward(config, coords, g, b, probe_h, zeros)[2]
+        return layer_forward(config, coords, g, b, probe_h, zeros)[2]
 
     _, pull = jax.vjp(out_of_probe, zeros)
     return pull(dout)[0]
 
 
-def _linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int) -> jax.Array:
+def linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int) -> jax.Array:
     """A sample of ``dL/dX = D W^T`` given the forward draw: ``D G^T V^T + (D W~^T)(I - V V^T)``."""
     d = _row_basis(dh)
     k_f = jax.random.fold_in(jax.random.fold_in(keys.weights, layer), _TAG_F)
@@ -232,7 +237,7 @@ def _linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int) ->
     return inside + (e - (e @ vt.T) @ vt)
 
 
-def fast_seed_tensors(
+def sample_tensors(
     config: NetworkConfig,
     opts: Any,
     seed_key: jax.Array,
@@ -240,7 +245,7 @@ def fast_seed_tensors(
 ):
     """One seed's per-layer tensors ``(x_prev, h, y, out, dh, dx)``, sampled by the exact fast path.
 
-    The conventions are those of ``propagation._seed_tensors`` for one config: stacked
+    The conventions are those of ``dense.seed_tensors`` for one config: stacked
     ``(layer, batch, units)`` arrays when ``config.uniform``, else lists of ``(batch, units)``
     arrays; ``dh`` is ``dL/dh^l`` and ``dx`` is ``dL/dx^l`` (the layer's output). Inputs (drawn from
     ``seed_key`` unless given), biases and the cotangent are the engine's own, from the same keys;
@@ -248,23 +253,24 @@ def fast_seed_tensors(
     joint law (module docstring). Works under ``jax.jit`` and ``jax.vmap`` over ``seed_key``.
 
     Args:
-      config: a network for which :func:`fast_applicable` returns None.
-      opts: the engine's ``propagation._Opts`` (only ``opts.cotangent`` is used here).
+      config: a network for which :func:`applicable` returns None.
+      opts: the engine's :class:`~initjax.engine.stats.MeasureOptions` (only ``opts.cotangent``
+        is used here).
       seed_key: this seed's PRNG key (``fold_in(base_key, seed)`` in the engine).
       inputs: optional ``(batch, in_width)`` input; None draws it as the config says.
 
     Returns:
-      ``(x_prev, h, y, out, dh, dx)``, ready for ``propagation._stats_of_layers``.
+      ``(x_prev, h, y, out, dh, dx)``, ready for :func:`~initjax.engine.stats.stats_of_layers`.
 
     Raises:
       ValueError: if the fast path does not apply to ``config``.
     """
-    reason = fast_applicable(config)
+    reason = applicable(config)
     if reason is not None:
         raise ValueError(f"the fast path does not apply: {reason}")
-    keys = _prop._split_seed_key(seed_key)
+    keys = split_seed_key(seed_key)
     dtype = config.jnp_dtype
-    x0 = _prop._draw_inputs(config, keys.inputs) if inputs is None else inputs.astype(dtype)
+    x0 = draw_inputs(config, keys.inputs) if inputs is None else inputs.astype(dtype)
     if config.uniform:
         return _uniform_tensors(config, opts, keys, x0)
     return _ragged_tensors(config, opts, keys, x0)
@@ -281,12 +287,12 @@ def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array)
         return out, (h, y, out, coords, vt, g)
 
     x_out, (h, y, out, coords, vt, g) = jax.lax.scan(forward, x0, layers)
-    cot = _prop._cotangent(config, opts.cotangent, x_out, keys.cotangent)
+    cot = draw_cotangent(config, opts.cotangent, x_out, keys.cotangent)
 
     def backward(dout, inp):  # layers depth-1 .. 1: each also passes dL/dx^{l-1} down
         layer, c, v, gg = inp
         dh = _nonlinear_backward(config, keys, layer, c, gg, dout)
-        return _linear_backward(keys, layer, dh, v, gg, std, n), (dh, dout)
+        return linear_backward(keys, layer, dh, v, gg, std, n), (dh, dout)
 
     rest = (layers[1:], coords[1:], vt[1:], g[1:])
     dx0, (dh_rest, dx_rest) = jax.lax.scan(backward, cot, rest, reverse=True)
@@ -306,7 +312,7 @@ def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
         ys.append(y)
         outs.append(x)
         saved.append((coords, vt, g))
-    dout = _prop._cotangent(config, opts.cotangent, x, keys.cotangent)
+    dout = draw_cotangent(config, opts.cotangent, x, keys.cotangent)
     dhs, dxs = [None] * len(shapes), [None] * len(shapes)
     for layer in reversed(range(len(shapes))):
         coords, vt, g = saved[layer]
@@ -314,21 +320,23 @@ def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
         dhs[layer] = _nonlinear_backward(config, keys, layer, coords, g, dout)
         if layer:
             std = _layer_std(config, shapes[layer])
-            dout = _linear_backward(keys, layer, dhs[layer], vt, g, std, shapes[layer][0])
+            dout = linear_backward(keys, layer, dhs[layer], vt, g, std, shapes[layer][0])
     return [x0, *outs[:-1]], hs, ys, outs, dhs, dxs
 
 
-def fast_seed_stats(
-    config: NetworkConfig, opts: Any, seed_key: jax.Array, inputs: jax.Array | None
-) -> _prop.LayerStats:
-    """:class:`~initjax.propagation.LayerStats` (axes ``(layer, ...)``) of one seed by the fast
-    path: ``propagation._stats_of_layers`` on :func:`fast_seed_tensors`."""
-    tensors = fast_seed_tensors(config, opts, seed_key, inputs)
-    return _prop._stats_of_layers(config.activation, opts, *tensors)
+def sample_stats(
+    config: NetworkConfig, opts: MeasureOptions, seed_key: jax.Array, inputs: jax.Array | None
+) -> LayerStats:
+    """:class:`~initjax.engine.stats.LayerStats` (axes ``(layer, ...)``) of one seed by the fast
+    path: :func:`~initjax.engine.stats.stats_of_layers` on :func:`sample_tensors`."""
+    tensors = sample_tensors(config, opts, seed_key, inputs)
+    return stats_of_layers(config.activation, opts, *tensors)
 
 
-def fast_estimate_memory(config: NetworkConfig) -> int:
-    """Estimated peak bytes of temporaries for one seed of the fast path (cf. ``estimate_memory``).
+def estimate_memory(config: NetworkConfig, *, remat: bool = True, group: int = 1) -> int:
+    """Estimated peak bytes of temporaries for one seed of the fast path (cf.
+    ``dense.estimate_memory``; ``remat`` changes nothing here, and the fast path runs one config,
+    ``group`` 1).
 
     About eight ``(batch, width)`` tensors per layer kept for the statistics (as the engine), plus
     per layer ``V`` (``k n_in``), ``G`` (``k n_out``) and ``X V`` (``B k``), plus a few
@@ -345,21 +353,43 @@ def fast_estimate_memory(config: NetworkConfig) -> int:
     return int((kept + factors + work) * itemsize)
 
 
+def _seed_tensors(configs, opts, seed_key, inputs, stds=None) -> list:
+    """The protocol's ``seed_tensors``: the fast path runs one config and takes no scales."""
+    del stds  # the scale is read from the config's init (sample_tensors)
+    return [sample_tensors(configs[0], opts, seed_key, inputs)]
+
+
+def _seed_stats(configs, opts, seed_key, inputs, stds=None) -> tuple:
+    """The protocol's ``seed_stats``: one :class:`LayerStats` for the one config."""
+    del stds
+    return (sample_stats(configs[0], opts, seed_key, inputs),)
+
+
+def _prepare(configs: tuple) -> tuple[tuple, None]:
+    return configs, None  # the scales stay in the configs: the fast path compiles per config
+
+
+# the protocol's fields in order: name, applicable, estimate_memory, prepare, seed_tensors, seed_stats
+SAMPLER = Sampler("fast", applicable, estimate_memory, _prepare, _seed_tensors, _seed_stats)
+
+
 def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2) -> dict:
     """Seconds per seed, fast vs dense, for one jit-compiled seed (compile time excluded).
 
     Prints and returns ``{"fast": s, "dense": s, "fast_compile": s, "dense_compile": s}``.
-    Run as ``python -m initjax.fastpath``.
+    Run as ``python -m initjax.engine.fast``.
     """
     import time
 
     config = NetworkConfig(
         depth=depth, width=width, batch=batch, init="lecun_normal", activation="tanh"
     )
-    opts = _prop._Opts((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
+    from initjax.engine import dense as dense_sampler
+
+    opts = MeasureOptions((-1.0, 1.0), (-1.0, 1.0), 40, "normal", True, 0.01)
     base = jax.random.key(0, impl="philox2x32")  # the engine's default PRNG
-    fast = jax.jit(lambda k: fast_seed_stats(config, opts, k, None))
-    dense = jax.jit(lambda k: _prop._seed_stats((config,), opts, k, None)[0])
+    fast = jax.jit(lambda k: sample_stats(config, opts, k, None))
+    dense = jax.jit(lambda k: dense_sampler.seed_stats((config,), opts, k, None)[0])
     result: dict[str, float] = {}
     for name, fn in (("fast", fast), ("dense", dense)):
         t0 = time.perf_counter()
