@@ -1,6 +1,7 @@
 """Benchmark: training steps per second over seeds, initjax (vmapped) vs a PyTorch loop over seeds.
 
     python benchmarks/training_throughput.py            # 8 seeds, 784-100-100-100-10 sigmoid, batch 60
+    python benchmarks/training_throughput.py --lr-sweep # 8 learning rates as one compare call
     pip install -e ".[bench]"                          # PyTorch (CPU) for the baseline
 
 Both train the same MLP with SGD (lr 0.1, batch 60) on the same synthetic 60,000 x 784 data set
@@ -9,6 +10,11 @@ the mean, std and 15/50/85th percentiles of each hidden activation, the percenti
 pre-activation, the saturated and dead fractions and each layer's gradient norm; the accuracy on
 1,000 training examples and the loss and accuracy on the 1,000 test examples. The rate is marginal: seed-steps per second between a short and a
 long run after both have compiled/warmed up, so compile time is reported apart.
+
+``--lr-sweep`` times one ``training.compare`` of 8 configs that differ only in the learning rate
+(the same network, 8 seeds, 500 steps, records every 100; data: ``--data digits`` or the synthetic
+set) and counts the XLA compilations (``jax.log_compiles``): the trainer runs them as arms of one
+program. Run it against another checkout with ``PYTHONPATH=<checkout>`` to compare.
 """
 
 from __future__ import annotations
@@ -113,14 +119,60 @@ def time_torch(ds, seeds: int, short: int, long: int) -> float:
     return seeds * (long - short) / (times[long] - times[short])
 
 
+LRS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def time_lr_sweep(ds, seeds: int, steps: int) -> dict:
+    """Wall time and compile counts of one compare() over the 8 learning rates of :data:`LRS`."""
+    import logging
+
+    configs = [training.TrainConfig(label=f"lr={lr}", widths=WIDTHS, activation="sigmoid",
+                                    kernel_init="normal:stddev=0.1", optimizer="sgd",
+                                    learning_rate=lr, batch_size=60, steps=steps,
+                                    record_every=100, probe_size=500, train_eval_size=1000)
+               for lr in LRS]
+    names: list[str] = []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                names.append(message.split(" ")[1])
+
+    handler = Log()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        start = time.perf_counter()
+        with jax.log_compiles(True):
+            training.compare(configs, ds, seeds=seeds, progress=False)
+        wall = time.perf_counter() - start
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    # the training program: run_one (one per config, before the one trainer) / train_interval
+    train = [n for n in names if "run_one" in n or "train_interval" in n]
+    return {"wall_s": wall, "compiles": len(names), "training_program_compiles": len(train)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, nargs=2, default=(500, 2500), metavar=("SHORT", "LONG"))
+    p.add_argument("--lr-sweep", action="store_true",
+                   help="time one compare() of 8 learning rates and count its compilations")
+    p.add_argument("--data", choices=("synthetic", "digits"), default="synthetic")
     a = p.parse_args()
     from _machine import MachineLoad
 
-    ds = synthetic()
+    ds = synthetic() if a.data == "synthetic" else data_lib.digits()
+    if a.lr_sweep:
+        with MachineLoad() as load:
+            res = time_lr_sweep(ds, a.seeds, a.steps[0])
+        print(f"{len(LRS)} learning rates x {a.seeds} seeds, {a.steps[0]} steps on {a.data}: "
+              f"{res['wall_s']:.1f} s, {res['compiles']} compilations, "
+              f"{res['training_program_compiles']} of the training program")
+        print(f"  {load.describe()}")
+        print(json.dumps({**res, **load.as_dict()}))
+        return
     with MachineLoad() as load:
         ij, compile_s = time_initjax(ds, a.seeds, *a.steps)
         try:

@@ -16,7 +16,7 @@ from initjax.reproductions import (
     he2015_deep_relu,
     schoenholz2017_trainability,
 )
-from initjax.reproductions._ensemble import Arm, Ensemble, layer_stats
+from initjax.training.arms import Arm, Ensemble, layer_stats
 
 CASES = [
     (glorot2010_saturation, ("fig2-sigmoid.png", "fig2-sigmoid.pdf", "fig3-tanh-softsign.png",

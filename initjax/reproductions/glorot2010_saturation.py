@@ -35,7 +35,7 @@ import numpy as np
 
 from initjax import _io, data, plotting
 from initjax.reproductions import _reports
-from initjax.reproductions._ensemble import (
+from initjax.training.arms import (
     Arm,
     Ensemble,
     Records,

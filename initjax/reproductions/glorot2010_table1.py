@@ -40,7 +40,7 @@ import numpy as np
 
 from initjax import _io, data, plotting
 from initjax.reproductions import _reports
-from initjax.reproductions._ensemble import Arm, Ensemble, Records, epoch_batches, train_and_record
+from initjax.training.arms import Arm, Ensemble, Records, epoch_batches, train_and_record
 
 NAME = "glorot2010-table1"
 DEPTH = 5

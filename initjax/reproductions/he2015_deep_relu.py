@@ -29,9 +29,9 @@ import numpy as np
 
 from initjax import _io, data, plotting
 from initjax.config import NetworkConfig
-from initjax.propagation import propagate_shared
+from initjax.engine import propagate_shared
 from initjax.reproductions import _reports
-from initjax.reproductions._ensemble import (
+from initjax.training.arms import (
     Arm,
     Ensemble,
     Records,

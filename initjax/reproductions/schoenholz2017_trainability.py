@@ -34,7 +34,7 @@ import numpy as np
 
 from initjax import _io, data, plotting, theory
 from initjax.reproductions import _reports
-from initjax.reproductions._ensemble import Arm, Ensemble, epoch_batches, train_and_record
+from initjax.training.arms import Arm, Ensemble, epoch_batches, train_and_record
 
 NAME = "schoenholz2017-trainability"
 ACTIVATION = "tanh"

@@ -60,7 +60,7 @@ from initjax import _io, plotting, training
 from initjax import data as _data
 from initjax.config import NetworkConfig
 from initjax.modules import ensemble_member
-from initjax.propagation import Propagation, propagate_shared
+from initjax.engine import Propagation, propagate_shared
 from initjax.reproductions import _reports
 
 NAME = "seed-batchnorm"

@@ -1,12 +1,14 @@
-"""The ensemble trainer the Glorot, He and Schoenholz reproductions share.
+"""Deep plain MLPs as arms of one program, on the trainer's core (Glorot, He, Schoenholz).
 
-The trainer is :class:`Ensemble`: arms (configurations that differ only in activation function,
-initializer and learning rate) x seeds plain MLPs, trained in lockstep as one ``vmap``-ped, jitted program with
-``lax.scan`` over the hidden layers. :func:`initjax.training.compare` compiles one unrolled network
-per configuration (about 20 s each on the development machine), which the grids of these
-reproductions (up to 42 configurations, 60 layers deep) cannot afford; here a grid costs one
-compilation per depth. Weights are drawn with :mod:`initjax.initializers` and activations come from
-:mod:`initjax.activations`, so a spec means the same thing as everywhere else in initjax.
+:class:`Ensemble` trains arms (configurations that differ in activation function, initializer,
+learning rate and depth) x seeds plain MLPs in lockstep: the hidden layers are one ``lax.scan``
+(compile time flat in depth, up to 60 layers here), and training is :mod:`initjax.training.core`'s
+step (an ``optax`` SGD/momentum transformation, divergence tracking) scanned over minibatches and
+``vmap``-ped over arms and seeds (:func:`~initjax.training.core.vmap_arms_seeds`). What differs
+between arms is data (the learning rate, the activation's index, the depth), so a grid costs one
+compilation per set of activations. Weights are drawn with :mod:`initjax.initializers` and
+activations come from :mod:`initjax.activations`, so a spec means the same thing as everywhere else
+in initjax; layer statistics come from :mod:`initjax.training.stats`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from initjax import activations, data, initializers
+from initjax.modules import ensemble_keys
+from initjax.training.core import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
+from initjax.training import stats
 
 __all__ = [
     "Arm",
@@ -144,29 +150,22 @@ def _programs(acts: tuple[str, ...], momentum: float) -> tuple[Callable[..., Any
         return hidden(p, arm, x)[0] @ p.w_out + p.b_out[None, :]
 
     def xent(out, y):
-        return jax.nn.logsumexp(out, axis=-1) - jnp.take_along_axis(out, y[:, None], axis=-1)[:, 0]
+        return optax.softmax_cross_entropy_with_integer_labels(out, y)
 
-    def step(p, v, arm, lr, x, y):
-        loss, g = jax.value_and_grad(lambda q: jnp.mean(xent(logits(q, arm, x), y)))(p)
-        if momentum:  # v <- mu v + g; p <- p - lr v (PyTorch's / optax.sgd's convention)
-            v = jax.tree.map(lambda a, b: momentum * a + b, v, g)
-            g = v
-        return jax.tree.map(lambda a, b: a - lr * b, p, g), v, loss
+    def interval_one(state, arm, lr, xs, ys):
+        """``len(xs)`` updates of one member: SGD at this arm's rate ``lr`` (data), with momentum
+        ``v <- mu v + g, theta <- theta - lr v`` (optax.sgd's and PyTorch's convention)."""
+
+        def loss_fn(p, model_state, batch):
+            x, y = batch
+            return jnp.mean(xent(logits(p, arm, x), y)), model_state
+
+        tx = optax.sgd(lambda count: lr, momentum=momentum or None)
+        state, losses = run_steps(make_step(loss_fn, tx), state, (xs, ys))
+        return state, jnp.mean(losses)
 
     # arms (activation index, depth, lr per arm) outside, seeds inside; batches shared by all
-    per_seed = jax.vmap(step, in_axes=(0, 0, None, None, None, None))
-    per_arm = jax.vmap(per_seed, in_axes=(0, 0, 0, 0, None, None))
-
-    def interval(p, v, bad, arm, lr, t, xs, ys):
-        def body(carry, inp):
-            p, v, bad = carry
-            t_, x, y = inp
-            p, v, loss = per_arm(p, v, arm, lr, x, y)
-            bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), t_, bad)
-            return (p, v, bad), loss
-
-        (p, v, bad), losses = jax.lax.scan(body, (p, v, bad), (t, xs, ys))
-        return p, v, bad, jnp.mean(losses, axis=0)
+    interval = vmap_arms_seeds(interval_one, (0, 0, 0, None, None), (0, None, None, None, None))
 
     def sums(p, arm, x, y, m):
         out = logits(p, arm, x)
@@ -177,7 +176,7 @@ def _programs(acts: tuple[str, ...], momentum: float) -> tuple[Callable[..., Any
         return jax.vmap(jax.vmap(f, in_axes=(0, None) + rest), in_axes=(0, 0) + rest)
 
     return (
-        jax.jit(interval, donate_argnums=(0, 1)),
+        jax.jit(interval, donate_argnums=(0,)),
         jax.jit(both(sums, (None, None, None))),
         jax.jit(both(lambda p, arm, x: hidden(p, arm, x)[1], (None,))),
     )
@@ -192,13 +191,15 @@ class Ensemble:
     Network: ``arm.depth`` hidden layers ``h_l = phi(h_{l-1} W_l + b_l)`` of ``width`` units and a
     linear readout to ``classes`` logits; loss: mean softmax cross-entropy; optimizer: SGD with
     optional momentum ``v <- mu v + g, theta <- theta - eta v``. Seed ``s`` of every arm starts
-    from ``fold_in(jax.random.key(key), s)`` (see :func:`_draw`), so its numbers do not depend on
+    from ``fold_in(as_key(key), s)`` (an int key is a philox2x32 key; see :func:`_draw`), so its numbers do not depend on
     how many seeds or arms run beside it, up to float summation order.
 
     Attributes:
       params: :class:`MLPParams` with leading ``(arm, seed)`` axes (``depth`` = the deepest arm's).
       step: updates done.
-      diverged_step: ``(arm, seed)`` first update with a non-finite minibatch loss, -1 if none.
+      state: the members' :class:`~initjax.training.core.TrainState`, leading ``(arm, seed)`` axes.
+      diverged_step: ``(arm, seed)`` first update with a non-finite minibatch loss or
+        parameters, -1 if none.
     """
 
     def __init__(self, arms: Sequence[Arm], *, in_dim: int, width: int, depth: int, classes: int,
@@ -218,25 +219,28 @@ class Ensemble:
         self.arm_data = (index, jnp.asarray(self.depths, jnp.int32))
         self.lr = jnp.asarray([a.learning_rate for a in arms], jnp.float32)
         self.momentum = float(momentum)
-        base = jax.random.key(key)
-        keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(seeds))
-        self.params = _drawer(self.arms, in_dim, width, depth, classes)(keys)
-        self.velocity = jax.tree.map(jnp.zeros_like, self.params)
-        self.bad = jnp.full((len(arms), seeds), -1, jnp.int32)
+        keys = ensemble_keys(key, seeds)
+        params = _drawer(self.arms, in_dim, width, depth, classes)(keys)
+        tx = optax.sgd(lambda count: 1.0, momentum=self.momentum or None)  # the state layout
+        self.state: TrainState = jax.vmap(jax.vmap(lambda p: init_state(p, tx)))(params)
         self.step = 0
         self._interval, self._sums, self._acts = _programs(self.acts, self.momentum)
 
     @property
+    def params(self) -> MLPParams:
+        """:class:`MLPParams` with leading ``(arm, seed)`` axes."""
+        return self.state.params
+
+    @property
     def diverged_step(self) -> np.ndarray:
-        return np.asarray(self.bad)
+        """``(arm, seed)`` the first update with a non-finite loss or parameters, -1 if none."""
+        return np.asarray(self.state.diverged_step)
 
     def train(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """``len(xs)`` updates on the minibatches ``xs (k, batch, in_dim)``, ``ys (k, batch)``;
         returns the mean minibatch loss ``(arm, seed)`` over them."""
-        t = jnp.arange(self.step + 1, self.step + len(xs) + 1, dtype=jnp.int32)
-        self.params, self.velocity, self.bad, loss = self._interval(
-            self.params, self.velocity, self.bad, self.arm_data, self.lr, t,
-            jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.int32))
+        self.state, loss = self._interval(self.state, self.arm_data, self.lr,
+                                          jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.int32))
         self.step += len(xs)
         return np.asarray(loss, np.float64)
 
@@ -268,18 +272,30 @@ def layer_stats(acts: np.ndarray, arms: Sequence[Arm], percentiles: Sequence[flo
     width)``: ``mean``, ``std`` (ddof 0 over examples and units), ``percentiles`` ``(arm, seed,
     layer, q)`` and ``saturated``, the fraction within 1% of the range from a bound
     (:meth:`initjax.activations.Activation.saturated`; 0 for unbounded activations)."""
-    flat = acts.reshape(*acts.shape[:3], -1).astype(np.float64)
+    acts = np.asarray(acts, np.float32)
     sat = np.stack([
         np.asarray(activations.get(a.activation).saturated(jnp.asarray(acts[i]))).mean(axis=(-2, -1))
         for i, a in enumerate(arms)
     ])
-    with np.errstate(invalid="ignore"):
-        return {
-            "mean": flat.mean(-1),
-            "std": flat.std(-1),
-            "percentiles": np.moveaxis(np.percentile(flat, list(percentiles), axis=-1), 0, -1),
-            "saturated": sat,
-        }
+    mean, std, pct = _layer_moments(tuple(float(q) for q in percentiles))(jnp.asarray(acts))
+    return {
+        "mean": np.asarray(mean, np.float64),
+        "std": np.asarray(std, np.float64),
+        "percentiles": np.asarray(pct, np.float64),
+        "saturated": sat,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_moments(qs: tuple[float, ...]) -> Callable[[jax.Array], tuple[jax.Array, ...]]:
+    """``acts (arm, seed, layer, batch, width) -> mean, std (arm, seed, layer), percentiles
+    (arm, seed, layer, q)`` with :mod:`initjax.training.stats` (one jitted program)."""
+
+    def one(a):
+        mean, std = stats.moments(a)
+        return mean, std, stats.percentiles(a, qs)
+
+    return jax.jit(jax.vmap(jax.vmap(jax.vmap(one))))
 
 
 class Records(NamedTuple):

@@ -1,0 +1,122 @@
+"""The pure training core: a state, a step built from a loss and an optax transformation, a scan.
+
+One member (one network of one arm and one seed) is trained by pure functions of its
+:class:`TrainState`; a sweep stacks members along leading ``(arm, seed)`` axes and ``vmap``-s the
+same functions (:func:`vmap_arms_seeds`). What differs between arms is *data* (learning rate,
+momentum, multipliers... passed as arrays with an arm axis), so a sweep over 8 learning rates is one
+compiled program, while what differs in structure (widths, activation, optimizer kind) is code.
+
+    >>> import optax
+    >>> def loss(params, model_state, batch):
+    ...     x, y = batch
+    ...     return jnp.mean((x * params["w"] - y) ** 2), model_state
+    >>> tx = optax.sgd(0.25)
+    >>> state = init_state({"w": jnp.zeros(())}, tx)
+    >>> xs, ys = jnp.ones((20, 4)), 2 * jnp.ones((20, 4))          # 20 minibatches of 4
+    >>> state, losses = run_steps(make_step(loss, tx), state, (xs, ys))
+    >>> int(state.step), bool(abs(state.params["w"] - 2.0) < 1e-3)
+    (20, True)
+
+Divergence: the first update whose loss or new parameters are non-finite is kept in
+``diverged_step``; the member goes on (its numbers are NaN from then on) and, vmapped, the other
+members are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["TrainState", "LossFn", "init_state", "make_step", "run_steps", "all_finite",
+           "vmap_arms_seeds"]
+
+# loss_fn(params, model_state, batch) -> (scalar loss, new model_state)
+LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]
+
+
+class TrainState(NamedTuple):
+    """One member's training state; a sweep stacks members on leading ``(arm, seed)`` axes."""
+
+    params: Any  # pytree of the trained parameters (e.g. an nnx.State of nnx.Param)
+    opt_state: Any  # the optax state of params (layout fixed by the transformation's kind)
+    model_state: Any  # pytree of non-trained state (batch-norm running averages); () if none
+    step: jax.Array  # shape=(), dtype=int32: updates done
+    diverged_step: jax.Array  # shape=(), dtype=int32: first update with a non-finite loss or
+    #                           non-finite parameters, -1 if none
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """() bool: every entry of every leaf of ``tree`` is finite (True for an empty tree)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, model_state: Any = ()) -> TrainState:
+    """The state of a member before its first update (step 0, not diverged).
+
+    Raises:
+      TypeError: ``tx`` is not an ``optax.GradientTransformation``.
+    """
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
+    return TrainState(params=params, opt_state=tx.init(params), model_state=model_state,
+                      step=jnp.zeros((), jnp.int32), diverged_step=jnp.full((), -1, jnp.int32))
+
+
+def make_step(loss_fn: LossFn, tx: optax.GradientTransformation
+              ) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
+    """``step(state, batch) -> (state, loss)``: one update of ``tx`` on ``loss_fn``'s gradient.
+
+    ``loss_fn(params, model_state, batch)`` returns the scalar loss and the new model state (batch
+    statistics); the gradient is taken with respect to ``params`` only. The loss returned is that
+    of the parameters before the update. ``diverged_step`` becomes ``step + 1`` at the first update
+    whose loss or updated parameters are non-finite.
+
+    Raises:
+      TypeError: ``loss_fn`` not callable or ``tx`` not a transformation.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
+
+    def step(state: TrainState, batch: Any) -> tuple[TrainState, jax.Array]:
+        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.model_state, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        t = state.step + 1
+        finite = jnp.isfinite(loss) & all_finite(params)
+        bad = jnp.where((state.diverged_step < 0) & ~finite, t, state.diverged_step)
+        return TrainState(params, opt_state, model_state, t, bad), loss
+
+    return step
+
+
+def run_steps(step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]], state: TrainState,
+              batches: Any) -> tuple[TrainState, jax.Array]:
+    """``k`` updates as one ``lax.scan``: ``batches`` is a pytree whose leaves have a leading axis
+    of ``k`` (minibatches, or minibatch row indices). Returns the state and the ``(k,)`` losses."""
+    return jax.lax.scan(step, state, batches)
+
+
+def vmap_arms_seeds(fn: Callable[..., Any], arm_axes: Sequence[Any],
+                    seed_axes: Sequence[Any]) -> Callable[..., Any]:
+    """``fn`` over members stacked on ``(arm, seed)``: ``vmap`` over seeds inside arms.
+
+    ``arm_axes`` / ``seed_axes`` are the ``in_axes`` of each positional argument for the arm and
+    the seed axis (0 or None), e.g. state ``(0, 0)``, per-arm numbers ``(0, None)``, shared data
+    ``(None, None)``, per-seed batch indices ``(None, 0)``.
+
+    Raises:
+      ValueError: the two axis lists differ in length.
+    """
+    arm_axes, seed_axes = tuple(arm_axes), tuple(seed_axes)
+    if len(arm_axes) != len(seed_axes):
+        raise ValueError(f"arm_axes {arm_axes} and seed_axes {seed_axes} need one entry per "
+                         "argument each")
+    return jax.vmap(jax.vmap(fn, in_axes=seed_axes), in_axes=arm_axes)
