@@ -73,6 +73,24 @@ def freeze_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(frozen)
 
 
+class SpecValue:
+    """Mixin for a registry value with ``name`` and sorted ``params`` fields (an Activation, an
+    Initializer): its parameters as a dict and the spec string the registry parses back."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The parameters as a dict."""
+        return dict(self.params)
+
+    @property
+    def spec(self) -> str:
+        """The spec string that the registry's ``get`` turns back into this value."""
+        return format_spec(self.name, self.kwargs)
+
+
 class Registry(Generic[T]):
     """A registry of named factories, e.g. of initializers or activations.
 

@@ -6,8 +6,10 @@ bounded activations, and whether it is a rectifier (exact zeros on a half-line),
 zeros and dead units.
 
     >>> act = get("leaky_relu", negative_slope=0.1)
-    >>> act(jnp.array([-1.0, 2.0]))          # [-0.1, 2.0]
-    >>> get("tanh").bounds                    # (-1.0, 1.0)
+    >>> act(jnp.array([-1.0, 2.0]))
+    Array([-0.1,  2. ], dtype=float32)
+    >>> get("tanh").bounds
+    (-1.0, 1.0)
 
 Because an :class:`Activation` compares and hashes by value, it can be a static argument of
 ``jax.jit`` and round-trips through JSON as its :attr:`Activation.spec` string.
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from initjax._checks import check_float
-from initjax._registry import Registry, format_spec, freeze_kwargs
+from initjax._registry import Registry, SpecValue, freeze_kwargs
 
 __all__ = [
     "Activation",
@@ -73,7 +75,7 @@ _REGISTRY: Registry[Activation] = Registry("activation")
 
 
 @dataclasses.dataclass(frozen=True)
-class Activation:
+class Activation(SpecValue):
     """An activation function: a registry name and its parameters, callable on arrays.
 
     Attributes:
@@ -86,16 +88,6 @@ class Activation:
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return _IMPLS[self.name].fn(x, **dict(self.params))
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The parameters as a dict."""
-        return dict(self.params)
-
-    @property
-    def spec(self) -> str:
-        """The spec string that :func:`get` turns back into this activation."""
-        return format_spec(self.name, self.kwargs)
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -160,14 +152,6 @@ def _register(
     return factory
 
 
-def _check_slope(negative_slope: float) -> None:
-    check_float("negative_slope", negative_slope)
-
-
-def _check_prelu(slope: float) -> None:
-    check_float("slope", slope)
-
-
 def _check_alpha(alpha: float) -> None:
     check_float("alpha", alpha, minimum=0.0, strict_minimum=True)
 
@@ -199,23 +183,33 @@ relu = _register(
     rectifier=lambda: True,
     doc="phi(x) = max(x, 0); range [0, inf).",
 )
-leaky_relu = _register(
+
+
+def _register_leaky(name: str, slope: str, default: float, doc: str) -> Callable[..., Activation]:
+    """``phi(x) = x if x >= 0 else a x`` with the slope ``a`` named ``slope``: range ``[0, inf)``
+    and a rectifier at ``a = 0``, else the whole line."""
+    return _register(
+        name,
+        lambda x, **p: jnp.where(x >= 0, x, p[slope] * x),
+        lambda **p: (0.0, _INF) if p[slope] == 0 else (-_INF, _INF),
+        rectifier=lambda **p: p[slope] == 0,
+        defaults={slope: default},
+        check=lambda **p: check_float(slope, p[slope]),
+        doc=doc,
+    )
+
+
+leaky_relu = _register_leaky(
     "leaky_relu",
-    lambda x, negative_slope: jnp.where(x >= 0, x, negative_slope * x),
-    lambda negative_slope: (0.0, _INF) if negative_slope == 0 else (-_INF, _INF),
-    rectifier=lambda negative_slope: negative_slope == 0,
-    defaults={"negative_slope": 0.01},
-    check=_check_slope,
-    doc="phi(x) = x if x >= 0 else a x, a = negative_slope (0.01 by default, Maas et al. 2013).",
+    "negative_slope",
+    0.01,
+    "phi(x) = x if x >= 0 else a x, a = negative_slope (0.01 by default, Maas et al. 2013).",
 )
-prelu = _register(
+prelu = _register_leaky(
     "prelu",
-    lambda x, slope: jnp.where(x >= 0, x, slope * x),
-    lambda slope: (0.0, _INF) if slope == 0 else (-_INF, _INF),
-    rectifier=lambda slope: slope == 0,
-    defaults={"slope": 0.25},
-    check=_check_prelu,
-    doc="PReLU at a fixed slope a (He et al. 2015 initialise the learned a at 0.25): "
+    "slope",
+    0.25,
+    "PReLU at a fixed slope a (He et al. 2015 initialise the learned a at 0.25): "
     "phi(x) = x if x >= 0 else a x. The learnable layer lives in initjax.modules.",
 )
 elu = _register(

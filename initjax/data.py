@@ -6,10 +6,13 @@ default; ``flatten=False`` gives images as ``(n, H, W, C)`` (channels last, as F
 expects). A flattened image is the row-major flattening of its ``(H, W, C)`` array, so
 ``x_flat.reshape(n, H, W, C)`` recovers it.
 
-    >>> ds = get("shapeset", n_train=10_000, n_test=2_000)   # Glorot & Bengio's Shapeset-3x2
-    >>> ds.x_train.shape, ds.num_classes                     # ((10000, 1024), 9)
+    >>> ds = get("shapeset", n_train=1_000, n_test=200)     # Glorot & Bengio's Shapeset-3x2
+    >>> ds.x_train.shape, ds.num_classes
+    ((1000, 1024), 9)
     >>> for xb, yb in batches(ds.x_train, ds.y_train, batch_size=10, seed=0, epochs=1):
-    ...     ...
+    ...     pass                                             # 100 shuffled batches of 10
+    >>> xb.shape, yb.shape
+    ((10, 1024), (10,))
 
 What each set is:
 
@@ -46,7 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from initjax import _shapes
 from initjax._checks import check_choice, check_float, check_int
+from initjax._keys import as_key
 from initjax._registry import Registry
 
 __all__ = [
@@ -59,6 +64,9 @@ __all__ = [
     "shapeset",
     "shapeset_batch",
     "shapeset_stream",
+    "shapeset_sample",
+    "ShapesetSample",
+    "SHAPESET_CHUNK",
     "digits",
     "mnist",
     "fashion_mnist",
@@ -137,49 +145,28 @@ def _images(x: np.ndarray, flatten: bool) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Shapeset-3x2
 
-SHAPESET_IMAGE_SIZE = 32
+SHAPESET_IMAGE_SIZE = _shapes.IMAGE_SIZE
 
-_TRIANGLE, _PARALLELOGRAM, _ELLIPSE = 0, 1, 2
-_NONE = -1
 
 #: Class index -> the shapes in the image (t = triangle, p = parallelogram, e = ellipse).
 #: 0-2 are single shapes, 3-8 the unordered pairs, same kind first.
 SHAPESET_CLASSES: tuple[str, ...] = ("t", "p", "e", "tt", "pp", "ee", "tp", "te", "pe")
-_LETTER = {"t": _TRIANGLE, "p": _PARALLELOGRAM, "e": _ELLIPSE}
+_LETTER = {"t": _shapes.TRIANGLE, "p": _shapes.PARALLELOGRAM, "e": _shapes.ELLIPSE}
 _CLASS_SHAPES = np.array(
-    [[_LETTER[c[0]], _LETTER[c[1]] if len(c) == 2 else _NONE] for c in SHAPESET_CLASSES],
+    [[_LETTER[c[0]], _LETTER[c[1]] if len(c) == 2 else _shapes.NONE] for c in SHAPESET_CLASSES],
     dtype=np.int64,
-)  # shape=(9, 2): the first and second shape of each class, _NONE where there is none
+)  # shape=(9, 2): the first and second shape of each class, _shapes.NONE where there is none
 
 # Grey levels in [0, 1] before scaling to [-1, 1] (Glorot & Bengio 2010, section 2.1).
 _FOREGROUND = (0.55, 1.0)
 _BACKGROUND = (0.0, 0.45)
-# Each shape's side (its bounding box before rotation) is a fraction of the image size per axis.
-_SCALE = (0.2, 0.8)
-# "Away from the border": every shape keeps a margin of one pixel, so the outer ring of pixels is
-# always background.
-_MARGIN = 1.0 / SHAPESET_IMAGE_SIZE
 # Two shapes may share at most this fraction of the smaller one's area (in pixels).
 _MAX_OVERLAP = 0.5
 # Images generated per vectorized chunk: bounds the memory of the (shapes, pixels) arrays.
-_CHUNK = 2048
-_MAX_REJECTION_ROUNDS = 10_000
-
-# Canonical convex polygons in the unit box [-1/2, 1/2]^2, counter-clockwise, padded to 4 vertices
-# by repeating one (a zero-length edge passes every half-plane test). The parallelogram is sheared
-# by a quarter of its height so that it never looks like a rectangle.
-_POLYGONS = np.array(
-    [
-        [[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5], [0.0, 0.5]],  # isosceles triangle
-        [[-0.5, -0.5], [0.25, -0.5], [0.5, 0.5], [-0.25, 0.5]],  # parallelogram
-    ]
-)  # shape=(2, 4, 2)
-
-# Pixel centres on [0, 1], the same for x (columns) and y (rows).
-_CENTRES = (np.arange(SHAPESET_IMAGE_SIZE) + 0.5) / SHAPESET_IMAGE_SIZE
+SHAPESET_CHUNK = 2048
 
 
-class _ShapesetSample(NamedTuple):
+class ShapesetSample(NamedTuple):
     """Everything drawn for a batch of Shapeset images (a testing and plotting aid)."""
 
     images: np.ndarray  # shape=(n, H, W), dtype=float32, grey levels in [0, 1] (before scaling)
@@ -190,106 +177,8 @@ class _ShapesetSample(NamedTuple):
     swapped: np.ndarray  # shape=(n,), dtype=bool; True: dark shapes on a light background
 
 
-def _rasterize(kinds: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Boolean masks ``(m, H*W)`` of shapes ``kinds`` ``(m,)`` placed by ``params`` ``(m, 5)``.
 
-    ``params`` rows are ``cx, cy, sx, sy, angle``: centre and box size in image units ``[0, 1]``,
-    rotation in radians.
-
-    Polygons: a pixel centre ``p`` is inside when it lies on the left of every counter-clockwise
-    edge ``v -> w`` (half-plane test ``cross(w - v, p - v) >= 0``). Ellipses: inside when the
-    quadratic form of ``p - centre`` in the ellipse's rotated frame is ``<= 1``. Both forms are
-    sums of a row term and a column term, so they are computed per row and per column (cheap, in
-    float64) and only combined over the ``H x W`` grid (in float32, the costly part).
-    """
-    m, size = kinds.shape[0], SHAPESET_IMAGE_SIZE
-    masks = np.empty((m, size, size), dtype=bool)
-    grid = _CENTRES[None, None, :]
-
-    poly = np.flatnonzero(kinds != _ELLIPSE)
-    if poly.size:
-        v = _polygon_vertices(kinds[poly], params[poly])  # (k, 4, 2)
-        e = np.roll(v, -1, axis=1) - v
-        # cross = e_x (y - v_y) - e_y (x - v_x) = row(y) + col(x); inside: row >= -col per edge.
-        row = (e[..., 0, None] * (grid - v[..., 1, None])).astype(np.float32)  # (k, 4, H)
-        neg_col = (e[..., 1, None] * (grid - v[..., 0, None])).astype(np.float32)  # (k, 4, W)
-        inside = row[:, 0, :, None] >= neg_col[:, 0, None, :]
-        for k in range(1, v.shape[1]):
-            inside &= row[:, k, :, None] >= neg_col[:, k, None, :]
-        masks[poly] = inside
-
-    ell = np.flatnonzero(kinds == _ELLIPSE)
-    if ell.size:
-        cx, cy, sx, sy, angle = (p[:, None] for p in params[ell].T)
-        c, s = np.cos(angle), np.sin(angle)
-        dx, dy = _CENTRES[None, :] - cx, _CENTRES[None, :] - cy  # (k, W), (k, H)
-        # Offset in the ellipse's frame over the semi-axes a = sx/2, b = sy/2:
-        # u = (c dx + s dy) / a, v = (c dy - s dx) / b; inside: u^2 + v^2 <= 1.
-        a, b = 0.5 * sx, 0.5 * sy
-        f32 = np.float32
-        u = (c * dx / a).astype(f32)[:, None, :] + (s * dy / a).astype(f32)[:, :, None]
-        w = (c * dy / b).astype(f32)[:, :, None] - (s * dx / b).astype(f32)[:, None, :]
-        masks[ell] = u * u + w * w <= np.float32(1.0)
-    return masks.reshape(m, size * size)
-
-
-def _polygon_vertices(kinds: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Image-space vertices ``(m, 4, 2)`` of polygons (scale per axis, rotate, translate)."""
-    cx, cy, sx, sy, angle = params.T
-    local = _POLYGONS[kinds] * np.stack([sx, sy], axis=-1)[:, None, :]
-    cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
-    x = cx[:, None] + cos * local[..., 0] - sin * local[..., 1]
-    y = cy[:, None] + sin * local[..., 0] + cos * local[..., 1]
-    return np.stack([x, y], axis=-1)
-
-
-def _half_extents(kinds: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-width and half-height of each shape's axis-aligned bounding box, about its centre."""
-    sx, sy, angle = params[:, 2], params[:, 3], params[:, 4]
-    cos, sin = np.abs(np.cos(angle)), np.abs(np.sin(angle))
-    # Ellipse with semi-axes a, b rotated by angle: hx = sqrt(a^2 cos^2 + b^2 sin^2).
-    a, b = 0.5 * sx, 0.5 * sy
-    hx = np.sqrt((a * cos) ** 2 + (b * sin) ** 2)
-    hy = np.sqrt((a * sin) ** 2 + (b * cos) ** 2)
-    poly = kinds != _ELLIPSE
-    if poly.any():
-        centred = params[poly].copy()
-        centred[:, :2] = 0.0
-        verts = _polygon_vertices(kinds[poly], centred)
-        hx[poly] = np.abs(verts[..., 0]).max(axis=1)
-        hy[poly] = np.abs(verts[..., 1]).max(axis=1)
-    return hx, hy
-
-
-def _place_shapes(rng: np.random.Generator, kinds: np.ndarray) -> np.ndarray:
-    """Draw ``(m, 5)`` parameters cx, cy, sx, sy, angle for shapes that fit inside the image.
-
-    Scales are U[0.2, 0.8] per axis and the angle U[0, 2 pi); a (scale, angle) draw whose rotated
-    bounding box cannot fit inside the image minus its margin is redrawn (rejection sampling, which
-    slightly favours smaller and axis-aligned shapes among the largest ones). The centre is then
-    uniform over the positions that keep the whole box inside.
-    """
-    m = kinds.shape[0]
-    params = np.zeros((m, 5))
-    todo = np.arange(m)
-    room = 0.5 - _MARGIN
-    for _ in range(_MAX_REJECTION_ROUNDS):
-        if todo.size == 0:
-            break
-        params[todo, 2:4] = rng.uniform(*_SCALE, size=(todo.size, 2))
-        params[todo, 4] = rng.uniform(0.0, 2.0 * math.pi, size=todo.size)
-        hx, hy = _half_extents(kinds[todo], params[todo])
-        todo = todo[(hx > room) | (hy > room)]
-    else:  # pragma: no cover - acceptance is well above 1/2
-        raise RuntimeError("Shapeset: could not fit shapes inside the image")
-    hx, hy = _half_extents(kinds, params)
-    u = rng.random((m, 2))
-    params[:, 0] = _MARGIN + hx + u[:, 0] * (1.0 - 2.0 * (_MARGIN + hx))
-    params[:, 1] = _MARGIN + hy + u[:, 1] * (1.0 - 2.0 * (_MARGIN + hy))
-    return params
-
-
-def _shapeset_chunk(rng: np.random.Generator, n: int) -> _ShapesetSample:
+def _shapeset_chunk(rng: np.random.Generator, n: int) -> ShapesetSample:
     size = SHAPESET_IMAGE_SIZE
     labels = rng.integers(0, len(SHAPESET_CLASSES), size=n)
     kinds = _CLASS_SHAPES[labels]  # (n, 2)
@@ -302,15 +191,15 @@ def _shapeset_chunk(rng: np.random.Generator, n: int) -> _ShapesetSample:
     )
 
     masks = np.zeros((n, 2, size * size), dtype=bool)
-    masks[:, 0] = _rasterize(kinds[:, 0], _place_shapes(rng, kinds[:, 0]))
+    masks[:, 0] = _shapes.rasterize(kinds[:, 0], _shapes.place_shapes(rng, kinds[:, 0]))
     # Pairs: redraw both shapes of an image while they share more than half of the smaller area.
-    todo = np.flatnonzero(kinds[:, 1] != _NONE)
-    for attempt in range(_MAX_REJECTION_ROUNDS):
+    todo = np.flatnonzero(kinds[:, 1] != _shapes.NONE)
+    for attempt in range(_shapes.MAX_REJECTION_ROUNDS):
         if todo.size == 0:
             break
         if attempt > 0:
-            masks[todo, 0] = _rasterize(kinds[todo, 0], _place_shapes(rng, kinds[todo, 0]))
-        masks[todo, 1] = _rasterize(kinds[todo, 1], _place_shapes(rng, kinds[todo, 1]))
+            masks[todo, 0] = _shapes.rasterize(kinds[todo, 0], _shapes.place_shapes(rng, kinds[todo, 0]))
+        masks[todo, 1] = _shapes.rasterize(kinds[todo, 1], _shapes.place_shapes(rng, kinds[todo, 1]))
         area = masks[todo].sum(axis=2)  # (k, 2)
         inter = (masks[todo, 0] & masks[todo, 1]).sum(axis=1)
         todo = todo[inter > _MAX_OVERLAP * area.min(axis=1)]
@@ -319,7 +208,7 @@ def _shapeset_chunk(rng: np.random.Generator, n: int) -> _ShapesetSample:
 
     union = masks.any(axis=1)
     images = np.where(union, shape_level[:, None], background_level[:, None]).astype(np.float32)
-    return _ShapesetSample(
+    return ShapesetSample(
         images=images.reshape(n, size, size),
         masks=masks.reshape(n, 2, size, size),
         labels=labels.astype(np.int32),
@@ -329,17 +218,17 @@ def _shapeset_chunk(rng: np.random.Generator, n: int) -> _ShapesetSample:
     )
 
 
-def _shapeset_sample(rng_or_seed: Any, n: int) -> _ShapesetSample:
+def shapeset_sample(rng_or_seed: Any, n: int) -> ShapesetSample:
     """``n`` Shapeset-3x2 images with their shape masks and grey levels.
 
     The images are those of ``shapeset_batch(rng_or_seed, n)`` before scaling to ``[-1, 1]``.
     """
     rng = _as_generator(rng_or_seed)
     n = check_int("n", n, minimum=1)
-    parts = [_shapeset_chunk(rng, min(_CHUNK, n - i)) for i in range(0, n, _CHUNK)]
+    parts = [_shapeset_chunk(rng, min(SHAPESET_CHUNK, n - i)) for i in range(0, n, SHAPESET_CHUNK)]
     if len(parts) == 1:
         return parts[0]
-    return _ShapesetSample(*(np.concatenate(fields) for fields in zip(*parts)))
+    return ShapesetSample(*(np.concatenate(fields) for fields in zip(*parts)))
 
 
 def shapeset_batch(
@@ -386,7 +275,7 @@ def shapeset_batch(
       networks". https://proceedings.mlr.press/v9/glorot10a.html
     """
     flatten = _check_flag("flatten", flatten)
-    sample = _shapeset_sample(rng_or_seed, n)
+    sample = shapeset_sample(rng_or_seed, n)
     x = 2.0 * sample.images[..., None] - 1.0
     return _images(x, flatten), sample.labels
 
@@ -857,25 +746,8 @@ def cifar10(data_dir: str | os.PathLike, *, flatten: bool = True) -> Dataset:
 # teacher-student
 
 
-def _as_key(key_or_seed: Any) -> jax.Array:
-    if isinstance(key_or_seed, bool):
-        raise TypeError(f"key_or_seed must be a JAX PRNG key or an int seed, got {key_or_seed!r}")
-    if isinstance(key_or_seed, numbers.Integral):
-        return jax.random.key(_check_seed("key_or_seed", key_or_seed))
-    if isinstance(key_or_seed, jax.Array):
-        typed = jax.dtypes.issubdtype(key_or_seed.dtype, jax.dtypes.prng_key)
-        if typed and key_or_seed.shape == ():
-            return key_or_seed
-        if key_or_seed.dtype == jnp.uint32 and key_or_seed.shape == (2,):
-            return jax.random.wrap_key_data(key_or_seed)
-    raise TypeError(
-        "key_or_seed must be a JAX PRNG key (jax.random.key(0)) or a non-negative int seed, "
-        f"got {key_or_seed!r} ({type(key_or_seed).__name__})"
-    )
-
-
 def _key_entropy(key: jax.Array) -> list[int]:
-    """The words of a JAX key's data, to seed numpy (so ``s`` and ``jax.random.key(s)`` agree)."""
+    """The words of a JAX key's data, to seed numpy (so ``s`` and ``as_key(s)`` agree)."""
     return [int(w) for w in np.asarray(jax.random.key_data(key)).ravel()]
 
 
@@ -906,13 +778,15 @@ def teacher_student(
     ``task="regression"`` the target is the output itself plus ``N(0, noise^2)`` noise.
 
     The teacher, the training inputs, the test inputs and the noise come from independent numpy
-    streams seeded by the key's data (an int seed ``s`` is the same as ``jax.random.key(s)`` and
-    ``jax.random.PRNGKey(s)``), so a seed gives the same data everywhere. Classes are not balanced
+    streams seeded by the key's data (an int seed ``s`` is the key
+    ``jax.random.key(s, impl="philox2x32")``, initjax's one rule for int seeds), so a seed gives the
+    same data everywhere. Classes are not balanced
     by construction: a random teacher splits the input space unevenly (every class does appear for
     reasonable sizes; check ``np.bincount(y_train)`` if it matters).
 
     Args:
-      key_or_seed: a JAX PRNG key (typed, or a raw ``uint32[2]`` one) or a non-negative int.
+      key_or_seed: a JAX PRNG key (typed, or a raw ``uint32[2]`` one) or a non-negative int seed
+        (see :func:`initjax._keys.as_key`).
       n_train: training examples, ``>= 1``.
       n_test: test examples, ``>= 1``.
       in_dim: input dimension, ``>= 1``.
@@ -930,7 +804,7 @@ def teacher_student(
     """
     from initjax import activations
 
-    key = _as_key(key_or_seed)
+    key = as_key(key_or_seed, "key_or_seed")
     n_train = check_int("n_train", n_train, minimum=1)
     n_test = check_int("n_test", n_test, minimum=1)
     in_dim = check_int("in_dim", in_dim, minimum=1)
@@ -1051,8 +925,10 @@ def get(name: str, **kwargs: Any) -> Dataset:
     ``cifar10``, ``teacher_student``.
 
         >>> get("shapeset", n_train=1000, n_test=500, seed=1)
-        >>> get("mnist", data_dir="~/data/mnist")
+        Dataset(name='shapeset', x_train=(1000, 1024) float32, x_test=(500, 1024), num_classes=9)
+        >>> get("mnist", data_dir="~/data/mnist")  # doctest: +SKIP
         >>> get("teacher_student:in_dim=20,num_classes=3", key_or_seed=0, n_train=100, n_test=50)
+        Dataset(name='teacher_student', x_train=(100, 20) float32, x_test=(50, 20), num_classes=3)
 
     Raises:
       ValueError: for an unknown name (the message lists the known ones) or bad arguments.

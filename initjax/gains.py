@@ -5,8 +5,10 @@ A gain multiplies the **standard deviation** of a weight initializer (PyTorch's 
 with gain ``g`` has ``Var[W] = g^2 / fan``. jax's ``variance_scaling`` instead takes
 ``scale = g^2``, a factor on the variance.
 
-    >>> calculate_gain("relu")                 # sqrt(2) = 1.414...
-    >>> calculate_gain("leaky_relu", 0.2)      # sqrt(2 / (1 + 0.2^2)) = 1.387...
+    >>> calculate_gain("relu")                 # sqrt(2)
+    1.4142135623730951
+    >>> calculate_gain("leaky_relu", 0.2)      # sqrt(2 / (1 + 0.2^2))
+    1.3867504905630728
 """
 
 from __future__ import annotations

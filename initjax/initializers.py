@@ -6,8 +6,12 @@ initializer protocol ``init(key, shape, dtype) -> Array``, so it plugs into
 
     >>> init = get("he_normal:mode=fan_out")
     >>> w = init(jax.random.key(0), (256, 128))            # std = sqrt(2 / 128)
+    >>> w.shape, w.dtype
+    ((256, 128), dtype('float32'))
     >>> init.second_moment((256, 128))                     # E[W_ij^2] = 2 / 128, exactly
-    >>> get(init.spec) == init                             # True: configs round-trip as strings
+    0.015625
+    >>> get(init.spec) == init                             # configs round-trip as strings
+    True
 
 Beside sampling, each scheme states ``second_moment(shape)`` (``E[W_ij^2]``, so a layer's
 mean-field ``sigma_w^2 = fan_in * second_moment(shape)``) and ``gaussian_std(shape)``: the ``std``
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from initjax._checks import check_choice, check_float, check_float_dtype, check_int, check_shape
-from initjax._registry import Registry, format_spec, freeze_kwargs
+from initjax._registry import Registry, SpecValue, freeze_kwargs
 from initjax.gains import calculate_gain
 
 __all__ = [
@@ -171,7 +175,7 @@ _REGISTRY: Registry[Initializer] = Registry("initializer")
 
 
 @dataclasses.dataclass(frozen=True)
-class Initializer:
+class Initializer(SpecValue):
     """A weight initializer: a registry name and its parameters; ``init(key, shape, dtype)``.
 
     Compares and hashes by value, so it can be a static argument of ``jax.jit`` and a field of a
@@ -214,16 +218,6 @@ class Initializer:
         exactly (the same key, computed as ``normal(...) * jnp.asarray(std, dtype)``), else None."""
         std = _IMPLS[self.name].gaussian_std(self._checked(shape), **self.kwargs)
         return None if std is None else float(std)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The parameters as a dict."""
-        return dict(self.params)
-
-    @property
-    def spec(self) -> str:
-        """The spec string that :func:`get` turns back into this initializer."""
-        return format_spec(self.name, self.kwargs)
 
     def _checked(self, shape: Any) -> Shape:
         dims = check_shape("shape", shape)
@@ -947,7 +941,8 @@ def identity(gain: float = 1.0) -> Initializer:
       gain: multiplier, >= 0.
 
     Raises:
-      ValueError: if ``gain < 0``; calling it on a shape of rank < 2.
+      ValueError: if ``gain < 0``; calling it on a shape of rank < 2 (it needs a Dense kernel
+        ``(in, out)`` or a conv kernel ``(*spatial, in, out)``).
     """
     return _make("identity", gain=_check_nonneg("gain", gain))
 

@@ -17,9 +17,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from initjax.propagation import Propagation
+from initjax.engine import Propagation
 
-__all__ = ["hist_strip", "variance_curves", "sweep_grid", "phase_diagram", "new_figure"]
+__all__ = [
+    "hist_strip", "variance_curves", "sweep_grid", "phase_diagram", "new_figure", "label_axes",
+]
 
 _STAT_LABELS = {
     "act_var": "Var[activation]",
@@ -41,6 +43,27 @@ _STAT_LABELS = {
 def new_figure(width: float = 10.0, height: float = 3.0) -> Figure:
     """A fresh Figure not attached to pyplot."""
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def label_axes(
+    ax: Axes,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    *,
+    title_size: float = 9,
+    legend_size: float | None = 7,
+    **legend_kwargs,
+) -> Axes:
+    """Finish a panel: axis labels, a title at ``title_size`` points and, unless ``legend_size`` is
+    None, a legend at ``legend_size`` points (``legend_kwargs`` go to ``ax.legend``). Returns
+    ``ax``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    if legend_size is not None:
+        ax.legend(fontsize=legend_size, **legend_kwargs)
+    return ax
 
 
 def hist_strip(

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from initjax import data
+from initjax import _shapes, data
+from initjax._keys import as_key
 
 # --------------------------------------------------------------------------------------------
 # Shapeset-3x2
@@ -20,7 +21,7 @@ N_BALANCE = 9_000  # draws for the class-balance and grey-level tests
 @pytest.fixture(scope="module")
 def sample():
     """A large Shapeset batch with its masks and grey levels (drawn once for the module)."""
-    return data._shapeset_sample(123, N_BALANCE)
+    return data.shapeset_sample(123, N_BALANCE)
 
 
 def test_shapeset_shapes_dtypes_and_range():
@@ -108,7 +109,7 @@ def test_rasterized_areas_match_geometry(angle):
     # Shapes of box 0.6 x 0.5 at the centre: areas 1/2, 3/4 and pi/4 of the box, in pixels.
     kinds = np.array([0, 1, 2])
     params = np.tile([0.5, 0.5, 0.6, 0.5, angle], (3, 1))
-    masks = data._rasterize(kinds, params)
+    masks = _shapes.rasterize(kinds, params)
     box = 0.6 * 0.5 * 1024
     expected = np.array([0.5, 0.75, math.pi / 4]) * box
     np.testing.assert_allclose(masks.sum(axis=1), expected, rtol=0.06)
@@ -117,9 +118,9 @@ def test_rasterized_areas_match_geometry(angle):
 def test_half_extents_bound_the_rasterized_shape():
     rng = np.random.default_rng(0)
     kinds = rng.integers(0, 3, 200)
-    params = data._place_shapes(rng, kinds)
-    hx, hy = data._half_extents(kinds, params)
-    masks = data._rasterize(kinds, params).reshape(-1, 32, 32)
+    params = _shapes.place_shapes(rng, kinds)
+    hx, hy = _shapes.half_extents(kinds, params)
+    masks = _shapes.rasterize(kinds, params).reshape(-1, 32, 32)
     centres = (np.arange(32) + 0.5) / 32
     for i in range(kinds.size):
         rows, cols = np.nonzero(masks[i])
@@ -143,10 +144,10 @@ def test_shapeset_deterministic_per_seed_and_different_across_seeds():
 
 
 def test_shapeset_large_batch_is_chunked_consistently():
-    x, y = data.shapeset_batch(3, 2 * data._CHUNK + 5)
-    assert x.shape == (2 * data._CHUNK + 5, 1024) and y.shape == (2 * data._CHUNK + 5,)
+    x, y = data.shapeset_batch(3, 2 * data.SHAPESET_CHUNK + 5)
+    assert x.shape == (2 * data.SHAPESET_CHUNK + 5, 1024) and y.shape == (2 * data.SHAPESET_CHUNK + 5,)
     # Chunks draw fresh images, not copies of the first chunk.
-    assert not np.array_equal(x[:5], x[data._CHUNK : data._CHUNK + 5])
+    assert not np.array_equal(x[:5], x[data.SHAPESET_CHUNK : data.SHAPESET_CHUNK + 5])
 
 
 def test_shapeset_stream_and_fixed_split():
@@ -448,11 +449,18 @@ def test_teacher_student_classification():
     counts = np.bincount(ds.y_train, minlength=5)
     assert counts.size == 5 and np.all(counts > 0)
     assert counts.max() < 0.9 * 3000  # not degenerate
-    # An int seed s, jax.random.key(s) and the raw jax.random.PRNGKey(s) give the same data.
-    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+    # The one key rule: an int seed s is jax.random.key(s, impl="philox2x32") (as_key(s)).
+    for key in (as_key(0), jax.random.key(0, impl="philox2x32")):
         again = data.teacher_student(key, 3000, 500, 20, 5, hidden=(64,))
         np.testing.assert_array_equal(again.x_train, ds.x_train)
         np.testing.assert_array_equal(again.y_test, ds.y_test)
+    # A threefry key (typed, or the raw jax.random.PRNGKey(s) it makes) is another key: other data,
+    # the same for both forms.
+    threefry = data.teacher_student(jax.random.key(0, impl="threefry2x32"), 3000, 500, 20, 5,
+                                    hidden=(64,))
+    raw = data.teacher_student(jax.random.PRNGKey(0), 3000, 500, 20, 5, hidden=(64,))
+    np.testing.assert_array_equal(raw.x_train, threefry.x_train)
+    assert not np.array_equal(threefry.x_train, ds.x_train)
     other = data.teacher_student(1, 3000, 500, 20, 5, hidden=(64,))
     assert not np.array_equal(other.x_train, ds.x_train)
     assert not np.array_equal(ds.x_train[:500], ds.x_test)
@@ -481,6 +489,8 @@ def test_teacher_student_regression_and_linear_teacher():
         (dict(hidden=(8, 0)), ValueError, "hidden width must be >= 1"),
         (dict(hidden="8"), TypeError, "hidden"),
         (dict(key_or_seed="k"), TypeError, "key_or_seed"),
+        (dict(key_or_seed=True), TypeError, "key_or_seed"),
+        (dict(key_or_seed=-1), ValueError, "key_or_seed"),
         (dict(activation="nope"), ValueError, "unknown activation"),
     ],
 )

@@ -68,3 +68,40 @@ def test_listed_in_cli(capsys):
     for name in EXPECTED_FILES:
         assert name in listed
         assert reproductions.get(name).name == name
+
+
+def test_reports_start_settles_seeds_and_marks_the_run_incomplete(tmp_path):
+    from initjax.reproductions import _reports
+
+    started = _reports.start(tmp_path / "run", "demo", None, 8, min_seeds=2)
+    assert started.out == tmp_path / "run" and started.seeds == 8 and started.t0 > 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text()) == {
+        "name": "demo", "status": "incomplete"}
+    assert _reports.start(tmp_path, "demo", 3, 8).seeds == 3
+    too_few = r"demo needs seeds >= 2 \(tolerances use the seed spread\), got 1"
+    with pytest.raises(ValueError, match=too_few):
+        _reports.start(tmp_path, "demo", 1, 8, min_seeds=2)
+    with pytest.raises(TypeError, match="demo needs an int number of seeds, got 2.5"):
+        _reports.start(tmp_path, "demo", 2.5, 8)
+
+
+def test_reports_header():
+    from initjax.reproductions import _reports
+
+    report = {"seconds": 12.4, "quick": False}
+    assert _reports.header("Title", "4 seeds; ", report) == ["# Title", "", "4 seeds; 12 s."]
+    quick = _reports.header("Title", "4 seeds; ", {**report, "quick": True}, "quick: width 64")
+    assert quick[-1] == "4 seeds; 12 s (quick: width 64)."
+
+
+def test_label_axes_sets_labels_title_and_legend():
+    from initjax import plotting
+
+    ax = plotting.new_figure().subplots()
+    ax.plot([0, 1], [0, 1], label="line")
+    assert plotting.label_axes(ax, "x", "y", "t", title_size=8, legend_size=6) is ax
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("x", "y", "t")
+    assert ax.title.get_fontsize() == 8 and ax.get_legend().get_texts()[0].get_fontsize() == 6
+    bare = plotting.new_figure().subplots()
+    plotting.label_axes(bare, "x", "y", "t", legend_size=None)
+    assert bare.get_legend() is None

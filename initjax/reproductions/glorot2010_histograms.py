@@ -46,7 +46,7 @@ import numpy as np
 
 from initjax import _io, data, plotting
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, propagate
+from initjax.engine import Propagation, propagate
 from initjax.reproductions import _reports
 
 NAME = "glorot2010-histograms"
@@ -139,12 +139,8 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Measure both inits, write figures, data, ``report.json`` and ``report.md`` into ``out``."""
-    t0 = time.perf_counter()
     width, batch, default_seeds = _sizes(quick)
-    seeds = seeds if seeds is not None else default_seeds
-    if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    out = _reports.begin(out, NAME)
+    out, seeds, t0 = _reports.start(out, NAME, seeds, default_seeds, min_seeds=2)
     x = shapeset_inputs(seeds, batch)
     configs = {name: config(name, width, batch) for name in INITS}
     theory_ = {name: mean_field(c, x) for name, c in configs.items()}
@@ -295,10 +291,8 @@ def _figures(out: Path, results: dict[str, Propagation], theory_) -> None:
         ax_w.plot(x, theory_[name]["weight_grad_var"][:HIDDEN], "kD", ms=4,
                   label="per-image mean field" if i == 0 else None)
     ax_w.set_yscale("log")
-    ax_w.set_xlabel("layer")
-    ax_w.set_ylabel("Var[dL/dW] (mean over seeds; error bar = sd)")
-    ax_w.set_title("Fig. 8 as variances: weight gradients per layer", fontsize=9)
-    ax_w.legend(fontsize=7)
+    plotting.label_axes(ax_w, "layer", "Var[dL/dW] (mean over seeds; error bar = sd)",
+                        "Fig. 8 as variances: weight gradients per layer")
     runs = list(results.values())
     plotting.variance_curves(runs, "grad_preact_var", ax=ax_g,
                              theory=[t["grad_var"] for t in theory_.values()])
@@ -313,12 +307,14 @@ def _figures(out: Path, results: dict[str, Propagation], theory_) -> None:
 def _markdown(report: dict[str, Any]) -> str:
     std, nrm = report["inits"]["standard"], report["inits"]["normalized"]
     lines = [
-        "# Glorot & Bengio 2010, Figures 6-8: activations and gradients at initialization",
-        "",
-        f"tanh, {IN_WIDTH}-{report['width']}x5-{CLASSES}, biases 0, {report['seeds']} seeds of a "
-        f"batch of {report['batch']} Shapeset-3x2 images each, cross-entropy against random "
-        f"labels; PRNG {report['prng_impl']}; {report['seconds']:.0f} s"
-        + (" (quick mode: hidden width 200, batch 32)." if report["quick"] else "."),
+        *_reports.header(
+            "Glorot & Bengio 2010, Figures 6-8: activations and gradients at initialization",
+            f"tanh, {IN_WIDTH}-{report['width']}x5-{CLASSES}, biases 0, {report['seeds']} seeds "
+            f"of a batch of {report['batch']} Shapeset-3x2 images each, cross-entropy against "
+            f"random labels; PRNG {report['prng_impl']}; ",
+            report,
+            "quick mode: hidden width 200, batch 32",
+        ),
         "",
         "## Beside the paper",
         "",

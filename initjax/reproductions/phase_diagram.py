@@ -26,7 +26,7 @@ import numpy as np
 
 from initjax import _io, plotting, theory
 from initjax.config import NetworkConfig
-from initjax.propagation import propagate
+from initjax.engine import propagate
 from initjax.reproductions import _reports
 
 NAME = "phase-diagram"
@@ -40,9 +40,7 @@ CRITICAL_AT_0 = 1.0
 
 
 def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    seeds = seeds if seeds is not None else (4 if quick else 16)
-    out = _reports.begin(out, NAME)
+    out, seeds, t0 = _reports.start(out, NAME, seeds, 4 if quick else 16)
     sw = np.linspace(0.5, 4.0, 12 if quick else 50)
     sb = np.linspace(0.0, 0.3, 5 if quick else 31)
     SW, SB = np.meshgrid(sw, sb)
@@ -130,10 +128,11 @@ def _figures(out, sw, sb, chi, xi_c, critical, line_sw, line, crit_005, measured
         ax.plot(line_sw[ok], v[ok], style, label=field)
     ax.axvline(crit_005, color="k", ls="--", lw=1, label=f"critical sigma_w^2 = {crit_005:.4f}")
     ax.set_yscale("log")
-    ax.set_xlabel("sigma_w^2")
-    ax.set_ylabel("depth scale (layers)")
-    ax.set_title(f"{ACTIVATION}, sigma_b^2 = {SIGMA_B2}: depth scales (Schoenholz et al. 2017, Fig. 2)", fontsize=9)
-    ax.legend(fontsize=8)
+    plotting.label_axes(
+        ax, "sigma_w^2", "depth scale (layers)",
+        f"{ACTIVATION}, sigma_b^2 = {SIGMA_B2}: depth scales (Schoenholz et al. 2017, Fig. 2)",
+        legend_size=8,
+    )
     _io.save_figure(fig, out / "depth-scales")
 
     fig = plotting.new_figure(6.5, 4.0)
@@ -143,19 +142,21 @@ def _figures(out, sw, sb, chi, xi_c, critical, line_sw, line, crit_005, measured
         layers = np.arange(1, c.shape[1] + 1)
         (line_,) = ax.plot(layers, c.mean(0), "o", ms=3, label=f"{config.label}: measured")
         ax.plot(layers, p.cosine, "-", color=line_.get_color(), lw=1, label="predicted")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("correlation c^l between two inputs")
-    ax.set_title("correlation propagation: sampled networks vs mean-field iterates", fontsize=9)
-    ax.legend(fontsize=6)
+    plotting.label_axes(
+        ax, "layer", "correlation c^l between two inputs",
+        "correlation propagation: sampled networks vs mean-field iterates", legend_size=6,
+    )
     _io.save_figure(fig, out / "correlations")
 
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Order and chaos in deep tanh networks (Poole et al. 2016; Schoenholz et al. 2017)",
-        "",
-        f"{report['seeds']} seeds for the measurements; {report['seconds']:.0f} s"
-        + (" (quick mode: coarse grid, width 256, depth 12)" if report["quick"] else "") + ".",
+        *_reports.header(
+            "Order and chaos in deep tanh networks (Poole et al. 2016; Schoenholz et al. 2017)",
+            f"{report['seeds']} seeds for the measurements; ",
+            report,
+            "quick mode: coarse grid, width 256, depth 12",
+        ),
         "",
         f"Critical line of tanh at sigma_b^2 = 0.05: sigma_w^2 = {report['critical_sigma_w2_at_0.05']:.5f} "
         "(the papers draw the line through this region of the plane; the value is checked against an "

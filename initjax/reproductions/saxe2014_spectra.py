@@ -125,7 +125,7 @@ def finite_width_moments(depth: int, width: int) -> tuple[float, float]:
 
 def _sizes(quick: bool) -> tuple[tuple[int, ...], int, int]:
     """(depths, width, default seeds)."""
-    return ((1, 4, 8), 64, 4) if quick else ((1, 4, 16, 64), 256, 8)
+    return ((1, 4, 8), 64, 8) if quick else ((1, 4, 16, 64), 256, 8)
 
 
 def run(
@@ -133,12 +133,8 @@ def run(
 ) -> dict[str, Any]:
     """Sample the spectra, write figures, ``spectra.npz``, ``report.json`` and ``report.md``.
     (``progress`` is accepted for the common signature; the sampling loop is short.)"""
-    t0 = time.perf_counter()
     depths, width, default_seeds = _sizes(quick)
-    seeds = seeds if seeds is not None else default_seeds
-    if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    out = _reports.begin(out, NAME)
+    out, seeds, t0 = _reports.start(out, NAME, seeds, default_seeds, min_seeds=2)
     all_cases = cases()
     base = jax.random.key(0)
     spectra: dict[str, dict[int, np.ndarray]] = {}
@@ -325,11 +321,13 @@ def _figures(out: Path, depths, width, all_cases, spectra, report) -> None:
 def _markdown(report: dict[str, Any]) -> str:
     crit = report["tanh_point"]
     lines = [
-        "# Jacobian spectra: Gaussian vs orthogonal weights "
-        "(Saxe et al. 2014; Pennington et al. 2017)",
-        "",
-        f"Width {report['width']}, depths {report['depths']}, {report['seeds']} networks per case; "
-        f"{report['seconds']:.0f} s" + (" (quick mode)." if report["quick"] else "."),
+        *_reports.header(
+            "Jacobian spectra: Gaussian vs orthogonal weights "
+            "(Saxe et al. 2014; Pennington et al. 2017)",
+            f"Width {report['width']}, depths {report['depths']}, {report['seeds']} networks per "
+            "case; ",
+            report,
+        ),
         f"tanh point: sigma_w^2 = {crit['sigma_w2']}, sigma_b^2 = {crit['sigma_b2']:.4g} (on the "
         f"critical line), q* = {crit['q_star']:.4g}, chi_1 = {crit['chi_1']:.6f}, "
         f"kappa = {crit['kappa']:.4g}; Pennington et al. 2017 use sigma_w^2 = 1.05 with "

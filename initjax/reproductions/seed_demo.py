@@ -41,7 +41,7 @@ import numpy as np
 
 from initjax import _io, plotting
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, propagate, propagate_shared, shareable
+from initjax.engine import Propagation, propagate, propagate_shared, shareable
 from initjax.reproductions import _reports
 
 NAME = "seed-demo"
@@ -118,9 +118,7 @@ def _config(s: Scheme) -> NetworkConfig:
 
 def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run the demo and write figures, data, ``report.json`` and ``report.md`` into ``out``."""
-    out = Path(out)
-    seeds = seeds if seeds is not None else (2 if quick else 16)
-    t0 = time.perf_counter()
+    out, seeds, t0 = _reports.start(out, NAME, seeds, 2 if quick else 16)
     all_schemes = schemes(quick)
     configs = [_config(s) for s in all_schemes]
     # group the schemes that can share draws: same depth and width, Gaussian weights
@@ -128,7 +126,6 @@ def run(out: str | Path, *, quick: bool = False, seeds: int | None = None, progr
     for i, c in enumerate(configs):
         groups.setdefault((c.depth, c.widths[0], shareable([c])), []).append(i)
     results: list[Propagation | None] = [None] * len(configs)
-    _reports.begin(out, NAME)
     options = {"grad_range": (-2.0, 2.0), "progress": progress}
     for idx in groups.values():
         group = [configs[i] for i in idx]
@@ -215,10 +212,12 @@ def _fmt(x: float) -> str:
 
 def _markdown(report: dict[str, Any], results) -> str:
     lines = [
-        "# The classic demo: activations and gradients layer by layer",
-        "",
-        f"{report['seeds']} seeds, batch 16, PRNG {report['prng_impl']}, {report['seconds']:.0f} s"
-        + (" (quick mode: widths 256/250)" if report["quick"] else "") + ".",
+        *_reports.header(
+            "The classic demo: activations and gradients layer by layer",
+            f"{report['seeds']} seeds, batch 16, PRNG {report['prng_impl']}, ",
+            report,
+            "quick mode: widths 256/250",
+        ),
         "Input x ~ N(0, 1); layer l: h = x W, x = act(h); an N(0, 1) cotangent at the output.",
         "",
         "| scheme | verdict | the demo's | Var[x] ratio / layer | Var[dL/dh] growth / layer backwards | non-finite layers |",
@@ -239,8 +238,9 @@ def _markdown(report: dict[str, Any], results) -> str:
         "width 4096): the weights are so large that the few unsaturated units carry huge gradients",
         "(the gradient histograms: a spike at 0 and rare huge values outside the range).",
     ]
-    lines += ["", *_reports.checks_table(report["checks"])]
     lines += [
+        "",
+        *_reports.checks_table(report["checks"]),
         "",
         "## Per-layer tables (means over seeds)",
         "",

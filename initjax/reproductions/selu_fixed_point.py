@@ -37,7 +37,7 @@ import numpy as np
 
 from initjax import _io, activations, plotting, theory
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, propagate_shared
+from initjax.engine import Propagation, propagate_shared
 from initjax.reproductions import _reports
 
 NAME = "selu-fixed-point"
@@ -110,12 +110,8 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Propagate every start through SELU, tanh and ReLU nets; write figures, data and reports."""
-    t0 = time.perf_counter()
     depth, width, batch, default_seeds = _sizes(quick)
-    seeds = seeds if seeds is not None else default_seeds
-    if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    out = _reports.begin(out, NAME)
+    out, seeds, t0 = _reports.start(out, NAME, seeds, default_seeds, min_seeds=2)
     configs = [
         NetworkConfig(depth=depth, width=width, batch=batch, init="lecun_normal", activation=a,
                       label=a)
@@ -239,22 +235,20 @@ def _figures(out: Path, results, theory_) -> None:
                 label=f"start: mean {mu:g}, var {nu:g} (measured)")
         ax.plot(mf["mean"], mf["var"], "--", color=f"C{i}", lw=1)
     ax.plot([0], [1], "k*", ms=12, label="fixed point (0, 1)")
-    ax.set_xlabel("activation mean")
-    ax.set_ylabel("activation variance")
-    ax.set_title("SELU: trajectories in the (mean, variance) plane (dashed: mean field)",
-                 fontsize=9)
-    ax.legend(fontsize=7)
+    plotting.label_axes(ax, "activation mean", "activation variance",
+                        "SELU: trajectories in the (mean, variance) plane (dashed: mean field)")
     _io.save_figure(fig, out / "selu-trajectories")
 
 
 def _markdown(report: dict[str, Any]) -> str:
     q = report["quadrature"]
     lines = [
-        "# SELU's fixed point (0, 1) (Klambauer et al. 2017)",
-        "",
-        f"Depth {report['depth']}, width {report['width']}, batch {report['batch']}, "
-        f"{report['init']}, no biases, {report['seeds']} seeds per start; "
-        f"{report['seconds']:.0f} s" + (" (quick mode)." if report["quick"] else "."),
+        *_reports.header(
+            "SELU's fixed point (0, 1) (Klambauer et al. 2017)",
+            f"Depth {report['depth']}, width {report['width']}, batch {report['batch']}, "
+            f"{report['init']}, no biases, {report['seeds']} seeds per start; ",
+            report,
+        ),
         "",
         f"Quadrature (scipy, float64): E[selu(z)] = {q['mean']:.2e}, "
         f"E[selu(z)^2] - 1 = {q['second_moment_minus_1']:.2e}; the slope of the variance map at "

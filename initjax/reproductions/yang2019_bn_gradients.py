@@ -39,7 +39,7 @@ import numpy as np
 
 from initjax import _io, plotting, theory
 from initjax.config import NetworkConfig
-from initjax.propagation import Propagation, propagate_shared
+from initjax.engine import Propagation, propagate_shared
 from initjax.reproductions import _reports
 
 NAME = "yang2019-bn-gradients"
@@ -79,12 +79,8 @@ def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
     """Measure the growth rates, write figures, data, ``report.json`` and ``report.md``."""
-    t0 = time.perf_counter()
     batches, width, depth, default_seeds = _sizes(quick)
-    seeds = seeds if seeds is not None else default_seeds
-    if seeds < 2:
-        raise ValueError(f"{NAME} needs seeds >= 2 (tolerances use the seed spread), got {seeds}")
-    out = _reports.begin(out, NAME)
+    out, seeds, t0 = _reports.start(out, NAME, seeds, default_seeds, min_seeds=2)
     results: dict[int, tuple[Propagation, Propagation]] = {}
     for b in batches:
         bn, plain = propagate_shared(configs(b, width, depth), seeds, key=0, progress=progress)
@@ -162,22 +158,21 @@ def _figures(out: Path, batches, results, report) -> None:
     ax_r.axhline(LARGE_BATCH, color="k", ls="--", lw=1, label="B -> inf: pi / (pi - 1)")
     ax_r.axhline(1.0, color="0.5", ls=":", lw=1)
     ax_r.set_xscale("log", base=2)
-    ax_r.set_xlabel("batch size B")
-    ax_r.set_ylabel("growth of Var[dL/dh] per layer (backwards)")
-    ax_r.set_title("gradient explosion rate vs batch size", fontsize=9)
-    ax_r.legend(fontsize=7)
+    plotting.label_axes(ax_r, "batch size B", "growth of Var[dL/dh] per layer (backwards)",
+                        "gradient explosion rate vs batch size")
     _io.save_figure(fig, out / "bn-gradients")
 
 
 def _markdown(report: dict[str, Any]) -> str:
     lo, hi = report["layers_used"]
     lines = [
-        "# Batch norm makes gradients explode at initialization (Yang et al. 2019)",
-        "",
-        f"ReLU, width {report['width']}, depth {report['depth']}, BN before the activation in "
-        f"training mode, He-normal weights, no biases; {report['seeds']} seeds per batch size, "
-        f"N(0, 1) output cotangent; rate over layers {lo}-{hi}; {report['seconds']:.0f} s"
-        + (" (quick mode)." if report["quick"] else "."),
+        *_reports.header(
+            "Batch norm makes gradients explode at initialization (Yang et al. 2019)",
+            f"ReLU, width {report['width']}, depth {report['depth']}, BN before the activation in "
+            f"training mode, He-normal weights, no biases; {report['seeds']} seeds per batch size, "
+            f"N(0, 1) output cotangent; rate over layers {lo}-{hi}; ",
+            report,
+        ),
         "",
         "| B | measured rate (BN) | mean field lambda(B) | deviation | no BN (He) |",
         "|---|---|---|---|---|",
