@@ -29,35 +29,12 @@ import jax.numpy as jnp
 
 from initjax import activations as _activations
 from initjax._checks import check_choice, check_float, check_float_dtype, check_int
+from initjax.network import Dense, Network, Repeat, init_spec, resolve_init
 
-__all__ = ["NetworkConfig", "NORMS", "PLACEMENTS"]
+__all__ = ["NetworkConfig", "NORMS", "PLACEMENTS", "as_config"]
 
 NORMS = ("none", "batch", "layer")
 PLACEMENTS = ("before", "after")
-
-
-def _resolve_init(value: Any, field: str) -> Any:
-    from initjax import initializers  # imported late: initializers is a sibling module
-
-    if isinstance(value, initializers.Initializer):
-        return value
-    if isinstance(value, str):
-        return initializers.get(value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        return initializers.get(value[0], **dict(value[1]))
-    if callable(value):
-        return value  # a user's own JAX initializer: usable, but not JSON-serializable
-    raise TypeError(
-        f"{field} must be an initializer name such as 'he_normal' or 'normal:stddev=0.01', "
-        f"(name, kwargs), an initjax Initializer or a JAX initializer function; got {value!r}"
-    )
-
-
-def _spec_of(value: Any) -> str:
-    spec = getattr(value, "spec", None)
-    if isinstance(spec, str):
-        return spec
-    return f"custom:{getattr(value, '__name__', type(value).__name__)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +92,8 @@ class NetworkConfig:
             setattr_(self, "width", check_int("width", self.width, minimum=1))
         batch = check_int("batch", self.batch, minimum=1)
         setattr_(self, "batch", batch)
-        setattr_(self, "init", _resolve_init(self.init, "init"))
-        setattr_(self, "bias_init", _resolve_init(self.bias_init, "bias_init"))
+        setattr_(self, "init", resolve_init(self.init, "init"))
+        setattr_(self, "bias_init", resolve_init(self.bias_init, "bias_init"))
         setattr_(self, "activation", _activations.get(self.activation))
         check_float("input_variance", self.input_variance, minimum=0.0, strict_minimum=True)
         check_float("input_correlation", self.input_correlation, minimum=0.0, maximum=1.0)
@@ -157,7 +134,73 @@ class NetworkConfig:
         """``label`` if given, else ``"<activation> / <init>"``."""
         if self.label:
             return self.label
-        return f"{self.activation.spec} / {_spec_of(self.init)}"
+        return f"{self.activation.spec} / {init_spec(self.init)}"
+
+    @property
+    def network(self) -> Network:
+        """This MLP as a :class:`~initjax.network.Network`: consecutive layers of equal width form
+        one repeated Dense stage."""
+        stages: list[Repeat] = []
+        for n_out in self.widths[1:]:
+            if stages and stages[-1].block.width == n_out:
+                stages[-1] = Repeat(stages[-1].block, stages[-1].count + 1)
+                continue
+            layer = Dense(n_out, self.init, self.activation, self.bias_init, self.norm,
+                          self.norm_placement, self.norm_eps)
+            stages.append(Repeat(layer, 1))
+        return Network(self.widths[0], tuple(stages), self.batch, self.input_variance,
+                       self.input_correlation, self.dtype, self.label)
+
+    @classmethod
+    def from_network(cls, network: Network) -> NetworkConfig:
+        """The MLP config of a plain :class:`~initjax.network.Network`.
+
+        Raises:
+          ValueError: if the network is not a stack of Dense layers sharing one initializer,
+            activation, bias initializer and norm, each with forward multiplier 1, or uses a norm
+            this config lacks (``"rms"``); the message names the first such difference.
+        """
+        if not isinstance(network, Network):
+            raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+        blocks = network.blocks
+        for i, block in enumerate(blocks):
+            if not isinstance(block, Dense):
+                raise ValueError(
+                    f"block {i} is a {block.kind} block; NetworkConfig (and the engine and theory "
+                    "that take it) describe plain Dense stacks only"
+                )
+        first = blocks[0]
+        shared = ("init", "activation", "bias_init", "norm", "norm_position", "norm_eps")
+        for i, block in enumerate(blocks):
+            for field in shared:
+                if getattr(block, field) != getattr(first, field):
+                    raise ValueError(
+                        f"layer {i} has {field}={getattr(block, field)!r} but layer 0 has "
+                        f"{getattr(first, field)!r}; NetworkConfig shares one {field} across layers"
+                    )
+            if block.multiplier != 1.0:
+                raise ValueError(
+                    f"layer {i} has forward multiplier {block.multiplier}; NetworkConfig "
+                    "describes layers with multiplier 1"
+                )
+        check_choice("norm", first.norm, NORMS)
+        widths = tuple(b.width for b in blocks)
+        return cls(
+            depth=len(blocks),
+            width=widths if len(set(widths)) > 1 else widths[0],
+            batch=network.batch,
+            init=first.init,
+            activation=first.activation,
+            bias_init=first.bias_init,
+            input_variance=network.input_variance,
+            input_correlation=network.input_correlation,
+            in_width=None if network.in_width == widths[0] else network.in_width,
+            norm=first.norm,
+            norm_placement=first.norm_position,
+            norm_eps=first.norm_eps,
+            dtype=network.dtype,
+            label=network.label,
+        )
 
     def replace(self, **changes: Any) -> NetworkConfig:
         """A copy with ``changes`` applied (``dataclasses.replace``), validated again."""
@@ -170,7 +213,7 @@ class NetworkConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in ("init", "bias_init"):
-                value = _spec_of(value)
+                value = init_spec(value)
             elif f.name == "activation":
                 value = value.spec
             elif isinstance(value, tuple):
@@ -203,3 +246,19 @@ class NetworkConfig:
     def from_json(cls, text: str) -> NetworkConfig:
         return cls.from_dict(json.loads(text))
 
+
+def as_config(description: Any, name: str = "config") -> NetworkConfig:
+    """A :class:`NetworkConfig` from a NetworkConfig or a plain :class:`~initjax.network.Network`
+    (see :meth:`NetworkConfig.from_network`), for the functions that take either.
+
+    Raises:
+      TypeError: for anything else, naming its type.
+      ValueError: for a Network that is not a plain MLP.
+    """
+    if isinstance(description, NetworkConfig):
+        return description
+    if isinstance(description, Network):
+        return NetworkConfig.from_network(description)
+    raise TypeError(
+        f"{name} must be an initjax NetworkConfig or Network, got {type(description).__name__}"
+    )

@@ -7,7 +7,10 @@ every initializer and activation is named by a registry spec string (``"he_norma
     >>> from flax import nnx
     >>> net = MLP(784, (256, 256), 10, activation="tanh", kernel_init="xavier_normal",
     ...           norm="batch", rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((32, 784))
     >>> logits, inter = net.forward_with_intermediates(x)   # inter["preact"][l]: (batch, 256)
+    >>> logits.shape, len(inter["preact"]), inter["preact"][0].shape
+    ((32, 10), 2, (32, 256))
     >>> net.eval()                                            # batch norm uses running averages
 
 Train/eval mode follows nnx: :class:`BatchNorm` has a ``use_running_average`` attribute that
@@ -37,6 +40,7 @@ from flax import nnx
 
 from initjax import activations as _activations
 from initjax._checks import check_choice, check_float, check_int
+from initjax._keys import as_key, is_key
 from initjax._registry import parse_spec
 
 __all__ = [
@@ -53,11 +57,15 @@ __all__ = [
     "create_ensemble",
     "apply_ensemble",
     "ensemble_member",
+    "build",
+    "NetworkModule",
+    "DenseLayer",
+    "ResidualBlock",
 ]
 
 MOMENTUM_CONVENTIONS = ("flax", "pytorch")
 RUNNING_VAR_MODES = ("biased", "unbiased")
-NORMS = (None, "batch", "layer")
+NORMS = ("none", "batch", "layer")  # None is accepted for "none"
 NORM_PLACEMENTS = ("before", "after")
 # Activation name that selects the learnable PReLU module instead of a fixed registry activation;
 # "prelu_learned:init_slope=0.1" sets its initial slope.
@@ -381,6 +389,12 @@ def _make_norm(
     return nnx.LayerNorm(width, param_dtype=param_dtype, rngs=rngs)
 
 
+def _canonical_norm(norm: str | None, allowed: tuple[str, ...]) -> str | None:
+    """``"none"`` and None both mean no norm (stored as None); anything else must be allowed."""
+    norm = "none" if norm is None else norm
+    return None if check_choice("norm", norm, allowed) == "none" else norm
+
+
 def _check_batchnorm_kwargs(norm: str | None, batchnorm_kwargs: Any) -> dict[str, Any]:
     if batchnorm_kwargs is None:
         return {}
@@ -436,6 +450,37 @@ class _ProbedStack(nnx.Module):
             inter["hidden"].append(out)
             h = out
         return h, inter
+
+    def _set_blocks(
+        self,
+        widths: Sequence[int],
+        bn_kwargs: Any,
+        fixed_act: Any,
+        prelu_slope: float | None,
+        param_dtype: Any,
+        rngs: nnx.Rngs,
+    ) -> None:
+        """Set ``norms``, ``activation`` and ``prelus`` for hidden blocks of these widths."""
+        norms = [_make_norm(self.norm, w, bn_kwargs, param_dtype, rngs) for w in widths]
+        self.norms = nnx.List(norms) if self.norm is not None else None
+        self.activation = fixed_act
+        self.prelus = (
+            nnx.List([PReLU(w, prelu_slope, param_dtype=param_dtype) for w in widths])
+            if prelu_slope is not None
+            else None
+        )
+
+    def __call__(
+        self,
+        x: Array,
+        *,
+        use_running_average: bool | None = None,
+        return_intermediates: bool = False,
+    ) -> Array | tuple[Array, dict[str, list[Array]]]:
+        """The output (:class:`PlainCNN`: the logits); with ``return_intermediates=True`` the pair
+        ``(output, intermediates)`` of :meth:`forward_with_intermediates`."""
+        out, inter = self.forward_with_intermediates(x, use_running_average=use_running_average)
+        return (out, inter) if return_intermediates else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,7 +562,7 @@ class MLP(_ProbedStack):
         self.out_features = (
             None if out_features is None else check_int("out_features", out_features, minimum=1)
         )
-        self.norm = check_choice("norm", norm, NORMS)
+        self.norm = _canonical_norm(norm, NORMS)
         self.norm_placement = check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
         self.residual = bool(residual)
         bn_kwargs = _check_batchnorm_kwargs(self.norm, batchnorm_kwargs)
@@ -534,14 +579,7 @@ class MLP(_ProbedStack):
                 for i, o in zip(fan_ins, self.widths)
             ]
         )
-        norms = [_make_norm(self.norm, w, bn_kwargs, param_dtype, rngs) for w in self.widths]
-        self.norms = nnx.List(norms) if self.norm is not None else None
-        self.activation = fixed_act
-        self.prelus = (
-            nnx.List([PReLU(w, prelu_slope, param_dtype=param_dtype) for w in self.widths])
-            if prelu_slope is not None
-            else None
-        )
+        self._set_blocks(self.widths, bn_kwargs, fixed_act, prelu_slope, param_dtype, rngs)
         self.readout = (
             nnx.Linear(self.widths[-1], self.out_features, kernel_init=k_init, bias_init=b_init,
                        param_dtype=param_dtype, rngs=rngs)
@@ -564,17 +602,6 @@ class MLP(_ProbedStack):
         h, inter = self._hidden(x, use_running_average)
         out = self.readout(h) if self.readout is not None else h
         return out, inter
-
-    def __call__(
-        self,
-        x: Array,
-        *,
-        use_running_average: bool | None = None,
-        return_intermediates: bool = False,
-    ) -> Array | tuple[Array, dict[str, list[Array]]]:
-        """The output ``y``; with ``return_intermediates=True`` the pair ``(y, intermediates)``."""
-        out, inter = self.forward_with_intermediates(x, use_running_average=use_running_average)
-        return (out, inter) if return_intermediates else out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +648,7 @@ class PlainCNN(_ProbedStack):
       He et al. 2015, "Delving Deep into Rectifiers", https://arxiv.org/abs/1502.01852.
     """
 
-    CNN_NORMS = (None, "batch")
+    CNN_NORMS = ("none", "batch")
 
     def __init__(
         self,
@@ -662,7 +689,7 @@ class PlainCNN(_ProbedStack):
                 f"downsample_at must hold distinct conv indices in [0, {self.depth}), got {ds}"
             )
         self.downsample_at = tuple(sorted(ds))
-        self.norm = check_choice("norm", norm, self.CNN_NORMS)
+        self.norm = _canonical_norm(norm, self.CNN_NORMS)
         self.norm_placement = check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
         bn_kwargs = _check_batchnorm_kwargs(self.norm, batchnorm_kwargs)
         fixed_act, prelu_slope = _resolve_activation(activation)
@@ -679,14 +706,7 @@ class PlainCNN(_ProbedStack):
                 for idx, (i, o) in enumerate(zip(fan_ins, self.channels))
             ]
         )
-        norms = [_make_norm(self.norm, c, bn_kwargs, param_dtype, rngs) for c in self.channels]
-        self.norms = nnx.List(norms) if self.norm is not None else None
-        self.activation = fixed_act
-        self.prelus = (
-            nnx.List([PReLU(c, prelu_slope, param_dtype=param_dtype) for c in self.channels])
-            if prelu_slope is not None
-            else None
-        )
+        self._set_blocks(self.channels, bn_kwargs, fixed_act, prelu_slope, param_dtype, rngs)
         self.classifier = nnx.Linear(self.channels[-1], self.num_classes, kernel_init=k_init,
                                      bias_init=b_init, param_dtype=param_dtype, rngs=rngs)
 
@@ -709,62 +729,52 @@ class PlainCNN(_ProbedStack):
         pooled = jnp.mean(h, axis=(1, 2))
         return self.classifier(pooled), inter
 
-    def __call__(
-        self,
-        x: Array,
-        *,
-        use_running_average: bool | None = None,
-        return_intermediates: bool = False,
-    ) -> Array | tuple[Array, dict[str, list[Array]]]:
-        """The logits; with ``return_intermediates=True`` the pair ``(logits, intermediates)``."""
-        out, inter = self.forward_with_intermediates(x, use_running_average=use_running_average)
-        return (out, inter) if return_intermediates else out
-
 
 # ----------------------------------------------------------------------------------------------
 # Ensembles: seeds as a leading axis
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_key_array(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def ensemble_keys(seeds_or_key: Any, num: int | None = None) -> Array:
     """One typed PRNG key per ensemble member, shape ``(num,)``.
 
-    - a sequence of int seeds: ``jax.random.key(seed)`` for each (``num`` may be omitted);
-    - an int or a single key (typed, or raw ``uint32[2]``): ``jax.random.fold_in(key, i)`` for
-      ``i = 0 .. num-1`` (an int ``s`` means ``jax.random.key(s)``), so member ``i``'s key does not
-      depend on ``num``;
+    Int seeds follow initjax's one key rule (:func:`initjax._keys.as_key`): an int ``s`` means
+    ``jax.random.key(s, impl="philox2x32")``.
+
+    - a sequence of int seeds: ``as_key(seed)`` for each (``num`` may be omitted);
+    - an int or a single key (typed, or raw ``uint32[2]``): ``jax.random.fold_in(as_key(k), i)``
+      for ``i = 0 .. num-1``, so member ``i``'s key does not depend on ``num``;
     - a typed key array of shape ``(n,)``: used as is.
+
+    >>> ensemble_keys([3, 4]).shape
+    (2,)
+    >>> keys = ensemble_keys(7, num=2)
+    >>> bool(keys[1] == jax.random.fold_in(jax.random.key(7, impl="philox2x32"), 1))
+    True
 
     Raises:
       ValueError: ``num < 1``, ``num`` missing for a single key, or disagreeing with the seeds.
+      TypeError: anything that is not seeds, a key or an array of keys.
     """
     if num is not None:
         num = check_int("num", num, minimum=1)
-    if _is_key_array(seeds_or_key) and seeds_or_key.ndim == 1:
+    if is_key(seeds_or_key) and seeds_or_key.ndim == 1:
         keys = seeds_or_key
-    elif isinstance(seeds_or_key, Sequence) or (
+    elif (isinstance(seeds_or_key, Sequence) and not isinstance(seeds_or_key, str | bytes)) or (
         isinstance(seeds_or_key, np.ndarray) and seeds_or_key.ndim == 1
     ):
-        seeds = [check_int("seed", s) for s in seeds_or_key]
+        seeds = [check_int("seed", s, minimum=0) for s in seeds_or_key]
         if not seeds:
             raise ValueError("seeds_or_key: the list of seeds is empty")
-        keys = jnp.stack([jax.random.key(s) for s in seeds])
+        keys = jnp.stack([as_key(s, "seed") for s in seeds])
     else:
-        if isinstance(seeds_or_key, numbers.Integral) and not isinstance(seeds_or_key, bool):
-            base = jax.random.key(int(seeds_or_key))
-        elif _is_key_array(seeds_or_key) and seeds_or_key.ndim == 0:
-            base = seeds_or_key
-        elif isinstance(seeds_or_key, jax.Array | np.ndarray) and seeds_or_key.shape == (2,):
-            base = jax.random.wrap_key_data(jnp.asarray(seeds_or_key, jnp.uint32))
-        else:
+        try:
+            base = as_key(seeds_or_key, "seeds_or_key")
+        except TypeError:
             raise TypeError(
                 "seeds_or_key must be a sequence of int seeds, an int, a PRNG key or an array of "
                 f"keys, got {seeds_or_key!r}"
-            )
+            ) from None
         if num is None:
             raise ValueError("num (the number of members) is required with a single seed or key")
         keys = jnp.stack([jax.random.fold_in(base, i) for i in range(num)])
@@ -881,3 +891,167 @@ def ensemble_member(model: nnx.Module, index: int) -> nnx.Module:
     if index >= n:
         raise ValueError(f"index {index} out of range for an ensemble of {n} members")
     return nnx.merge(graphdef, jax.tree.map(lambda a: a[index], state))
+
+
+# ----------------------------------------------------------------------------------------------
+# Any network description, built
+# ----------------------------------------------------------------------------------------------
+
+
+def _norm_of(norm: str, width: int, eps: float, bn_kwargs: Mapping[str, Any], param_dtype: Any,
+             rngs: nnx.Rngs) -> nnx.Module | None:
+    if norm == "none":
+        return None
+    if norm == "batch":
+        return BatchNorm(width, **{"epsilon": eps, "param_dtype": param_dtype, **bn_kwargs},
+                         rngs=rngs)
+    if norm == "layer":
+        return nnx.LayerNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs)
+    return nnx.RMSNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs)
+
+
+class DenseLayer(nnx.Module):
+    """A :class:`~initjax.network.Dense` layer: ``phi(norm(multiplier * x W + b))`` (norm
+    ``"before"``) or ``norm(phi(multiplier * x W + b))`` (``"after"``); ``W: (n_in, n_out)``."""
+
+    def __init__(self, layer: Any, in_features: int, *, bn_kwargs: Mapping[str, Any],
+                 param_dtype: Any, rngs: nnx.Rngs):
+        self.spec = layer
+        key_w, key_b = rngs.params(), rngs.params()
+        self.kernel = nnx.Param(layer.init(key_w, (in_features, layer.width), param_dtype))
+        self.bias = nnx.Param(layer.bias_init(key_b, (layer.width,), param_dtype))
+        self.norm = _norm_of(layer.norm, layer.width, layer.norm_eps, bn_kwargs, param_dtype, rngs)
+
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        layer = self.spec
+        xw = x @ self.kernel[...]
+        h = layer.multiplier * xw + self.bias[...].reshape(_broadcast_shape(xw.ndim, -1, layer.width))
+        if self.norm is not None and layer.norm_position == "before":
+            h = _apply_norm(self.norm, h, use_running_average)
+        out = layer.activation(h)
+        if self.norm is not None and layer.norm_position == "after":
+            out = _apply_norm(self.norm, out, use_running_average)
+        return out
+
+
+class ResidualBlock(nnx.Module):
+    """A :class:`~initjax.network.Residual` block: ``x + alpha * branch(norm(x))`` (``"pre"``) or
+    ``norm(x + alpha * branch(x))`` (``"post"``); a learnable ``alpha`` is an ``nnx.Param``."""
+
+    def __init__(self, block: Any, width: int, alpha: float, *, bn_kwargs: Mapping[str, Any],
+                 param_dtype: Any, rngs: nnx.Rngs):
+        self.spec = block
+        self.norm = _norm_of(block.norm, width, block.norm_eps, bn_kwargs, param_dtype, rngs)
+        layers, n_in = [], width
+        for layer in block.branch:
+            layers.append(DenseLayer(layer, n_in, bn_kwargs=bn_kwargs, param_dtype=param_dtype,
+                                     rngs=rngs))
+            n_in = layer.width
+        self.branch = nnx.List(layers)
+        self.alpha = nnx.Param(jnp.asarray(alpha, param_dtype)) if block.learnable else alpha
+
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        pre = self.norm is not None and self.spec.norm_position == "pre"
+        h = _apply_norm(self.norm, x, use_running_average) if pre else x
+        for layer in self.branch:
+            h = layer(h, use_running_average)
+        alpha = self.alpha[...] if isinstance(self.alpha, nnx.Param) else self.alpha
+        out = x + alpha * h
+        if self.norm is not None and not pre:
+            out = _apply_norm(self.norm, out, use_running_average)
+        return out
+
+
+class NetworkModule(nnx.Module):
+    """A Flax NNX module built from a network description (see :func:`build`)."""
+
+    def __init__(self, network: Any, out_features: int | None = None, *,
+                 readout_init: InitSpec = "lecun_normal",
+                 batchnorm_kwargs: Mapping[str, Any] | None = None,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        from initjax.config import NetworkConfig
+        from initjax.network import Dense, Network, Residual
+
+        if isinstance(network, NetworkConfig):
+            network = network.network
+        if not isinstance(network, Network):
+            raise TypeError(
+                f"network must be an initjax Network or NetworkConfig, got {type(network).__name__}"
+            )
+        self.description = network
+        self.out_features = (
+            None if out_features is None else check_int("out_features", out_features, minimum=1)
+        )
+        uses_bn = any(getattr(b, "norm", None) == "batch" or any(
+            layer.norm == "batch" for layer in getattr(b, "branch", ())) for b in network.blocks)
+        bn_kwargs = _check_batchnorm_kwargs("batch" if uses_bn else None, batchnorm_kwargs)
+        blocks, width = [], network.in_width
+        for i, block in enumerate(network.blocks):
+            common = {"bn_kwargs": bn_kwargs, "param_dtype": param_dtype, "rngs": rngs}
+            if isinstance(block, Dense):
+                blocks.append(DenseLayer(block, width, **common))
+            elif isinstance(block, Residual):
+                blocks.append(ResidualBlock(block, width, network.branch_scale(block), **common))
+            else:
+                raise ValueError(
+                    f"block {i} is a {block.kind!r} block, which initjax.modules cannot build yet"
+                )
+            width = block.out_width(width)
+        self.blocks = nnx.List(blocks)
+        self.readout = (
+            nnx.Linear(width, self.out_features, kernel_init=_resolve_init("readout_init", readout_init),
+                       bias_init=nnx.initializers.zeros, param_dtype=param_dtype, rngs=rngs)
+            if self.out_features is not None
+            else None
+        )
+
+    def __call__(self, x: Array, *, use_running_average: bool | None = None,
+                 return_intermediates: bool = False) -> Array | tuple[Array, dict[str, list[Array]]]:
+        """The output; with ``return_intermediates=True`` also ``{"block": [x^1 .. x^depth]}``."""
+        x = jnp.asarray(x)
+        n0 = self.description.in_width
+        if x.ndim < 1 or x.shape[-1] != n0:
+            raise ValueError(f"the network expects inputs (..., {n0}), got shape {x.shape}")
+        outs = []
+        for block in self.blocks:
+            x = block(x, use_running_average)
+            outs.append(x)
+        out = self.readout(x) if self.readout is not None else x
+        return (out, {"block": outs}) if return_intermediates else out
+
+
+def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
+          **kwargs: Any) -> NetworkModule:
+    """Build a Flax NNX module from a network description.
+
+    Each :class:`~initjax.network.Dense` layer becomes ``phi(norm(multiplier * x W + b))`` with
+    ``W: (n_in, n_out)`` drawn by the layer's initializer and ``b`` by its bias initializer; each
+    :class:`~initjax.network.Residual` block ``x + alpha * branch(norm(x))`` (``"pre"``) or
+    ``norm(x + alpha * branch(x))`` (``"post"``), with ``alpha`` from
+    :meth:`~initjax.network.Network.branch_scale` (an ``nnx.Param`` when ``learnable``). Norms:
+    :class:`BatchNorm`, ``nnx.LayerNorm`` or ``nnx.RMSNorm`` with the block's epsilon. Parameters
+    are drawn block by block from ``rngs.params``.
+
+    Args:
+      network: an :class:`initjax.network.Network` or :class:`initjax.NetworkConfig`.
+      out_features: size of a linear readout after the last block (None: no readout).
+      rngs: ``nnx.Rngs``.
+      **kwargs: ``readout_init`` (the readout kernel's initializer, ``"lecun_normal"`` by
+        default; its bias is zero), ``batchnorm_kwargs``, ``param_dtype``.
+
+    Returns:
+      A :class:`NetworkModule`; ``model(x)`` gives the output, ``model(x,
+      return_intermediates=True)`` also every block's output.
+
+    Raises:
+      TypeError: ``network`` is not a description. ValueError: a block kind this builder does not
+        know (attention: issue 15), ``out_features < 1``, ``batchnorm_kwargs`` without batch norm.
+
+    >>> from flax import nnx
+    >>> from initjax.network import Dense, Network, Repeat, Residual
+    >>> net = Network(8, (Repeat(Residual((Dense(8, "he_normal", "relu"),), alpha=0.5), 3),))
+    >>> model = build(net, out_features=2, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((4, 8))).shape
+    (4, 2)
+    """
+    return NetworkModule(network, out_features, rngs=rngs, **kwargs)

@@ -36,6 +36,13 @@ function so that tiny weights keep their relative accuracy) and cached. The resu
 ReLU-type integrands and spectrally accurate for smooth ones; a plain probabilists' Gauss-Hermite
 rule (``numpy.polynomial.hermite_e.hermegauss``) is available as ``rule="hermite"``.
 
+    >>> float(preserving_sigma_w2("relu"))           # He et al. 2015: sigma_w^2 = 2 keeps q
+    2.0
+    >>> round(float(chi_1(2.0, 0.0, "relu")), 6)     # ... and is critical: chi_1 = 1
+    1.0
+    >>> float(relu_variance_map(1.0, sigma_w2=2.0))  # q^{l+1} = sigma_w2 q^l / 2 + sigma_b2
+    1.0
+
 Every function is pure and takes the activation (a spec string such as ``"tanh"`` or an
 :class:`~initjax.activations.Activation`) and the quadrature sizes as static arguments; the
 numeric arguments may be arrays (they broadcast), and the functions work under ``jax.jit`` and
@@ -64,7 +71,9 @@ import numpy as np
 from jax import lax
 
 from initjax import activations as _activations
+from initjax import initializers as _initializers
 from initjax._checks import check_choice, check_float, check_int
+from initjax._keys import as_key
 
 __all__ = [
     "DEFAULT_NUM",
@@ -335,6 +344,44 @@ def _check_num_2d(num_2d: Any) -> tuple[int, int]:
     return check_int("num_2d[0]", nr, minimum=1), check_int("num_2d[1]", na, minimum=1)
 
 
+def _checked(
+    activation: Any,
+    num: Any,
+    *,
+    num_2d: Any = None,
+    iterations: Any = None,
+    depth: Any = None,
+    sigmas: tuple[Any, Any] | None = None,
+    q: dict[str, Any] | None = None,
+    c: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check a public function's arguments; return the static ones of its jitted core.
+
+    Static (returned as keyword arguments): ``act`` (the resolved activation), ``num`` and, where
+    given, ``num_2d``, ``iterations`` (>= 0) and ``depth`` (>= 1). Numeric (concrete values only;
+    traced values pass): each ``c`` in [-1, 1], each ``q`` > 0, ``sigmas = (sigma_w2, sigma_b2)``
+    >= 0; ``q`` and ``c`` map the argument's name to its value.
+    """
+    static: dict[str, Any] = {"act": _resolve(activation), "num": _check_num(num)}
+    if num_2d is not None:
+        static["num_2d"] = _check_num_2d(num_2d)
+    if iterations is not None:
+        static["iterations"] = check_int("iterations", iterations, minimum=0)
+    if depth is not None:
+        static["depth"] = check_int("depth", depth, minimum=1)
+    for name, value in (c or {}).items():
+        _check_c(name, value)
+    for name, value in (q or {}).items():
+        _check_q(name, value)
+    if sigmas is not None:
+        _check_sigmas(*sigmas)
+    return static
+
+
+def _floats(*values: Any) -> tuple[jax.Array, ...]:
+    return tuple(_f(v) for v in values)
+
+
 def _d1(f: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
     """The elementwise derivative of an elementwise f (one forward-mode pass)."""
     return lambda u: jax.jvp(f, (u,), (jnp.ones_like(u),))[1]
@@ -534,11 +581,8 @@ def variance_map(
     Raises:
       ValueError: for q <= 0, negative variances, an unknown activation or an odd ``num``.
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    _check_q("q", q)
-    _check_sigmas(sigma_w2, sigma_b2)
-    return _variance_map_jit(_f(q), _f(sigma_w2), _f(sigma_b2), act=act, num=num)
+    static = _checked(activation, num, q={"q": q}, sigmas=(sigma_w2, sigma_b2))
+    return _variance_map_jit(*_floats(q, sigma_w2, sigma_b2), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "depth", "num"))
@@ -580,14 +624,10 @@ def variance_iterates(
     Returns:
       Array ``(..., depth)``; index ``l - 1`` holds ``q^l`` (layer axis as in the engine).
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    depth = check_int("depth", depth, minimum=1)
-    _check_q("q0_input", q0_input)
-    _check_sigmas(sigma_w2, sigma_b2)
-    return _variance_iterates_jit(
-        _f(q0_input), _f(sigma_w2), _f(sigma_b2), act=act, depth=depth, num=num
+    static = _checked(
+        activation, num, depth=depth, q={"q0_input": q0_input}, sigmas=(sigma_w2, sigma_b2)
     )
+    return _variance_iterates_jit(*_floats(q0_input, sigma_w2, sigma_b2), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "num", "iterations"))
@@ -640,14 +680,10 @@ def fixed_point_q(
     References:
       Poole et al. 2016, https://arxiv.org/abs/1606.05340 (Fig. 1).
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    iterations = check_int("iterations", iterations, minimum=0)
-    _check_sigmas(sigma_w2, sigma_b2)
-    _check_q("q_init", q_init)
-    return _fixed_point_q_jit(
-        _f(sigma_w2), _f(sigma_b2), _f(q_init), act=act, num=num, iterations=iterations
+    static = _checked(
+        activation, num, iterations=iterations, q={"q_init": q_init}, sigmas=(sigma_w2, sigma_b2)
     )
+    return _fixed_point_q_jit(*_floats(sigma_w2, sigma_b2, q_init), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "num", "num_2d"))
@@ -685,14 +721,10 @@ def correlation_map(
     References:
       Poole et al. 2016, https://arxiv.org/abs/1606.05340.
     """
-    act = _resolve(activation)
-    num, num_2d = _check_num(num), _check_num_2d(num_2d)
-    _check_c("c", c)
-    _check_q("q", q)
-    _check_sigmas(sigma_w2, sigma_b2)
-    return _correlation_map_jit(
-        _f(c), _f(q), _f(sigma_w2), _f(sigma_b2), act=act, num=num, num_2d=num_2d
+    static = _checked(
+        activation, num, num_2d=num_2d, c={"c": c}, q={"q": q}, sigmas=(sigma_w2, sigma_b2)
     )
+    return _correlation_map_jit(*_floats(c, q, sigma_w2, sigma_b2), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "depth", "num", "num_2d"))
@@ -732,22 +764,16 @@ def correlation_iterates(
     Returns:
       Array ``(..., depth)``; index ``l - 1`` holds ``c^l``.
     """
-    act = _resolve(activation)
-    num, num_2d = _check_num(num), _check_num_2d(num_2d)
-    depth = check_int("depth", depth, minimum=1)
-    _check_c("c0", c0)
-    _check_q("q0_input", q0_input)
-    _check_sigmas(sigma_w2, sigma_b2)
-    return _correlation_iterates_jit(
-        _f(c0),
-        _f(q0_input),
-        _f(sigma_w2),
-        _f(sigma_b2),
-        act=act,
-        depth=depth,
-        num=num,
+    static = _checked(
+        activation,
+        num,
         num_2d=num_2d,
+        depth=depth,
+        c={"c0": c0},
+        q={"q0_input": q0_input},
+        sigmas=(sigma_w2, sigma_b2),
     )
+    return _correlation_iterates_jit(*_floats(c0, q0_input, sigma_w2, sigma_b2), **static)
 
 
 class DepthScales(NamedTuple):
@@ -784,6 +810,19 @@ def _depth_scales_jit(sw, sb, q0, c0, act, num, num_2d, iterations):
     return DepthScales(*fn(sw, sb, q0, c0))
 
 
+def _checked_fixed_point(activation, num, num_2d, iterations, sigma_w2, sigma_b2, q_init, c_init):
+    """The checks shared by :func:`fixed_point_c` and :func:`depth_scales` (the same arguments)."""
+    return _checked(
+        activation,
+        num,
+        num_2d=num_2d,
+        iterations=iterations,
+        c={"c_init": c_init},
+        q={"q_init": q_init},
+        sigmas=(sigma_w2, sigma_b2),
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("act", "num", "num_2d", "iterations"))
 def _fixed_point_c_jit(sw, sb, q0, c0, act, num, num_2d, iterations):
     def one(a, b, q0_, c0_):
@@ -816,22 +855,9 @@ def fixed_point_c(
       Poole et al. 2016, https://arxiv.org/abs/1606.05340; Schoenholz et al. 2017,
       https://arxiv.org/abs/1611.01232.
     """
-    act = _resolve(activation)
-    num, num_2d = _check_num(num), _check_num_2d(num_2d)
-    iterations = check_int("iterations", iterations, minimum=0)
-    _check_sigmas(sigma_w2, sigma_b2)
-    _check_q("q_init", q_init)
-    _check_c("c_init", c_init)
-    return _fixed_point_c_jit(
-        _f(sigma_w2),
-        _f(sigma_b2),
-        _f(q_init),
-        _f(c_init),
-        act=act,
-        num=num,
-        num_2d=num_2d,
-        iterations=iterations,
-    )
+    values = (sigma_w2, sigma_b2, q_init, c_init)
+    static = _checked_fixed_point(activation, num, num_2d, iterations, *values)
+    return _fixed_point_c_jit(*_floats(*values), **static)
 
 
 def depth_scales(
@@ -871,22 +897,9 @@ def depth_scales(
     Returns:
       A :class:`DepthScales` of arrays of the broadcast shape.
     """
-    act = _resolve(activation)
-    num, num_2d = _check_num(num), _check_num_2d(num_2d)
-    iterations = check_int("iterations", iterations, minimum=0)
-    _check_sigmas(sigma_w2, sigma_b2)
-    _check_q("q_init", q_init)
-    _check_c("c_init", c_init)
-    return _depth_scales_jit(
-        _f(sigma_w2),
-        _f(sigma_b2),
-        _f(q_init),
-        _f(c_init),
-        act=act,
-        num=num,
-        num_2d=num_2d,
-        iterations=iterations,
-    )
+    values = (sigma_w2, sigma_b2, q_init, c_init)
+    static = _checked_fixed_point(activation, num, num_2d, iterations, *values)
+    return _depth_scales_jit(*_floats(*values), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "num", "iterations"))
@@ -916,14 +929,10 @@ def chi_1(
       Poole et al. 2016, https://arxiv.org/abs/1606.05340; Schoenholz et al. 2017,
       https://arxiv.org/abs/1611.01232.
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    iterations = check_int("iterations", iterations, minimum=0)
-    _check_sigmas(sigma_w2, sigma_b2)
-    _check_q("q_init", q_init)
-    return _chi_1_jit(
-        _f(sigma_w2), _f(sigma_b2), _f(q_init), act=act, num=num, iterations=iterations
+    static = _checked(
+        activation, num, iterations=iterations, q={"q_init": q_init}, sigmas=(sigma_w2, sigma_b2)
     )
+    return _chi_1_jit(*_floats(sigma_w2, sigma_b2, q_init), **static)
 
 
 def gradient_scale(
@@ -976,13 +985,11 @@ def gradient_factors(
       Array ``(..., depth)``; index ``l - 1`` holds ``factor_l``. ``cumprod`` from the top gives the
       gradient variance of each layer relative to the last one.
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    depth = check_int("depth", depth, minimum=1)
-    _check_q("q0_input", q0_input)
-    _check_sigmas(sigma_w2, sigma_b2)
-    q0, sw, sb = jnp.broadcast_arrays(_f(q0_input), _f(sigma_w2), _f(sigma_b2))
-    return _gradient_factors_jit(q0, sw, sb, act=act, depth=depth, num=num)
+    static = _checked(
+        activation, num, depth=depth, q={"q0_input": q0_input}, sigmas=(sigma_w2, sigma_b2)
+    )
+    q0, sw, sb = jnp.broadcast_arrays(*_floats(q0_input, sigma_w2, sigma_b2))
+    return _gradient_factors_jit(q0, sw, sb, **static)
 
 
 @functools.partial(jax.jit, static_argnames=("act", "num", "iterations", "steps"))
@@ -1024,15 +1031,13 @@ def critical_line(
     References:
       Poole et al. 2016 (Fig. 1), Schoenholz et al. 2017 (Fig. 1).
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    iterations = check_int("iterations", iterations, minimum=0)
+    static = _checked(activation, num, iterations=iterations)
     steps = check_int("steps", steps, minimum=1)
     check_float("sigma_w2_max", sigma_w2_max, minimum=0.0, strict_minimum=True)
     _check_range("sigma_b2", sigma_b2, lo=0.0)
     sb = _f(sigma_b2)
     hi = jnp.full_like(sb, sigma_w2_max)
-    return _critical_line_jit(sb, hi, act=act, num=num, iterations=iterations, steps=steps)
+    return _critical_line_jit(sb, hi, steps=steps, **static)
 
 
 def preserving_sigma_w2(activation: Any, q: Any = 1.0, *, num: int = DEFAULT_NUM) -> jax.Array:
@@ -1046,11 +1051,9 @@ def preserving_sigma_w2(activation: Any, q: Any = 1.0, *, num: int = DEFAULT_NUM
     Raises:
       ValueError: for q <= 0 or an unknown activation.
     """
-    act = _resolve(activation)
-    num = _check_num(num)
-    _check_q("q", q)
-    q = _f(q)
-    return q / gaussian_expectation(lambda u: act(u) ** 2, q, num)
+    static = _checked(activation, num, q={"q": q})
+    act, q = static["act"], _f(q)
+    return q / gaussian_expectation(lambda u: act(u) ** 2, q, static["num"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1063,7 +1066,7 @@ def _closed_args(c, q, sigma_w2, sigma_b2):
         _check_c("c", c)
     _check_q("q", q)
     _check_sigmas(sigma_w2, sigma_b2)
-    return (None if c is None else _f(c)), _f(q), _f(sigma_w2), _f(sigma_b2)
+    return (None if c is None else _f(c)), *_floats(q, sigma_w2, sigma_b2)
 
 
 def _arccos_kernel(c: jax.Array) -> jax.Array:
@@ -1164,9 +1167,23 @@ def _recursion_args(variances, fan_ins):
     return v, n
 
 
+# The factor E[phi(u)^2] / q (He: exact for these piecewise-linear activations) or phi'(0)^2
+# (Glorot: the linear regime), as a function of the activation's parameters.
 _HE = {"relu": lambda p: 0.5, "leaky_relu": lambda p: (1 + p["negative_slope"] ** 2) / 2,
        "prelu": lambda p: (1 + p["slope"] ** 2) / 2, "identity": lambda p: 1.0}
-_GLOROT = {"identity": 1.0, "tanh": 1.0, "softsign": 1.0, "erf": 4 / math.pi}
+_GLOROT = {"identity": lambda p: 1.0, "tanh": lambda p: 1.0, "softsign": lambda p: 1.0,
+           "erf": lambda p: 4 / math.pi}
+
+
+def _linear_recursion(name, factor, other, variances, fan_ins, activation) -> np.ndarray:
+    """``cumprod`` of ``n_l Var[w_l]``, times the activation's ``factor`` from layer 2 on."""
+    act = _resolve(activation)
+    if act.name not in factor:
+        raise ValueError(f"{name} covers {', '.join(factor)}; got {act.spec!r} (see {other})")
+    v, n = _recursion_args(variances, fan_ins)
+    factors = n * v
+    factors[1:] *= factor[act.name](act.kwargs)
+    return np.cumprod(factors)
 
 
 def he_recursion(
@@ -1189,15 +1206,8 @@ def he_recursion(
     References:
       He et al. 2015, "Delving Deep into Rectifiers", https://arxiv.org/abs/1502.01852.
     """
-    act = _resolve(activation)
-    if act.name not in _HE:
-        raise ValueError(
-            f"he_recursion covers {', '.join(_HE)}; got {act.spec!r} (see glorot_recursion)"
-        )
-    v, n = _recursion_args(variances, fan_ins)
-    factors = n * v
-    factors[1:] *= _HE[act.name](act.kwargs)
-    return np.cumprod(factors)
+    return _linear_recursion("he_recursion", _HE, "glorot_recursion", variances, fan_ins,
+                             activation)
 
 
 def glorot_recursion(
@@ -1214,38 +1224,31 @@ def glorot_recursion(
     References:
       Glorot & Bengio 2010, https://proceedings.mlr.press/v9/glorot10a.html (eqs. 5-10).
     """
-    act = _resolve(activation)
-    if act.name not in _GLOROT:
-        raise ValueError(
-            f"glorot_recursion covers {', '.join(_GLOROT)}; got {act.spec!r} (see he_recursion)"
-        )
-    v, n = _recursion_args(variances, fan_ins)
-    factors = n * v
-    factors[1:] *= _GLOROT[act.name]
-    return np.cumprod(factors)
+    return _linear_recursion("glorot_recursion", _GLOROT, "he_recursion", variances, fan_ins,
+                             activation)
 
 
 # ----------------------------------------------------------------------------------------------
 # Jacobian spectra
 # ----------------------------------------------------------------------------------------------
 
-_INITS = ("normal", "orthogonal")
+# Unit-scale schemes (E[W^2] = 1 / width for a square kernel); a layer's kernel is
+# sqrt(sigma_w2) times their draw, so sigma_w2 stays data (no recompilation per value).
+_INITS = {"normal": _initializers.lecun_normal(), "orthogonal": _initializers.orthogonal()}
 
 
 def _layer_weights(key, layer, width, sw, init):
-    k_w = jax.random.fold_in(key, layer)
-    a = jax.random.normal(k_w, (width, width), dtype=_fdtype())
-    if init == "normal":
-        return a * jnp.sqrt(sw / width)
-    q, r = jnp.linalg.qr(a)
-    # sign correction so that Q is Haar-distributed (Mezzadri 2007)
-    return jnp.sqrt(sw) * q * jnp.sign(jnp.diagonal(r))[None, :]
+    """Layer ``layer``'s ``(in, out)`` kernel (Flax's layout), from ``fold_in(key, layer)``."""
+    unit = _INITS[init](jax.random.fold_in(key, layer), (width, width), _fdtype())
+    return jnp.sqrt(sw) * unit
 
 
 @functools.partial(jax.jit, static_argnames=("act", "init", "width", "depths"))
 def _jacobian_svals(key, sw, sb, q0, act, init, width, depths):
     k_in, k_w, k_b = jax.random.split(key, 3)
     x = jnp.sqrt(q0) * jax.random.normal(k_in, (width,), dtype=_fdtype())
+    # jac[i, j] = d x^l_j / d x^0_i: the transpose of J, in the row-vector convention of
+    # h = x W (same singular values)
     jac = jnp.eye(width, dtype=_fdtype())
     d = _d1(act)
 
@@ -1253,8 +1256,8 @@ def _jacobian_svals(key, sw, sb, q0, act, init, width, depths):
         x, jac = carry
         w = _layer_weights(k_w, l, width, sw, init)
         b = jnp.sqrt(sb) * jax.random.normal(jax.random.fold_in(k_b, l), (width,), dtype=_fdtype())
-        h = w @ x + b
-        return (act(h), d(h)[:, None] * (w @ jac)), None
+        h = x @ w + b
+        return (act(h), (jac @ w) * d(h)[None, :]), None
 
     out, start = [], 0
     for depth in depths:
@@ -1276,15 +1279,17 @@ def jacobian_singular_values(
     input_variance: float = 1.0,
     depths: Sequence[int] | None = None,
 ) -> jax.Array | dict[int, jax.Array]:
-    """Singular values of the input-output Jacobian ``J = D_L W_L ... D_1 W_1`` of a sampled net.
+    """Singular values of the input-output Jacobian ``dx^L / dx^0`` of a sampled net.
 
-    One network of ``depth`` square layers ``h^l = W^l x^{l-1} + b^l``, ``x^l = phi(h^l)``, is drawn
-    and a single input ``x^0 ~ N(0, input_variance I)`` is pushed through;
-    ``D_l = diag(phi'(h^l))``.
-    Weights: ``"normal"``: i.i.d. ``N(0, sigma_w2 / width)``; ``"orthogonal"``: ``sqrt(sigma_w2) Q``
-    with Q from the QR of a Gaussian matrix, columns sign-corrected by ``sign(diag R)`` (Haar).
-    Biases ``N(0, sigma_b2)``. Layer ``l`` draws from ``fold_in(key, l)``, so a network's first
-    layers do not depend on its depth. ``J`` is formed exactly (``width x width``).
+    One network of ``depth`` square layers ``h^l = x^{l-1} W^l + b^l``, ``x^l = phi(h^l)``, is
+    drawn, with kernels ``W^l`` in Flax's ``(in, out)`` layout, and a single input
+    ``x^0 ~ N(0, input_variance I)`` is pushed through; the Jacobian is
+    ``J = D_L W_L^T ... D_1 W_1^T`` with ``D_l = diag(phi'(h^l))``.
+    Weights are ``sqrt(sigma_w2)`` times a unit-scale :mod:`initjax.initializers` draw:
+    ``"normal"``: ``lecun_normal()``, i.i.d. ``N(0, 1 / width)``; ``"orthogonal"``:
+    ``orthogonal()``, a Haar-distributed orthogonal matrix. Biases ``N(0, sigma_b2)``. Layer ``l``
+    draws from ``fold_in(key, l)``, so a network's first layers do not depend on its depth. ``J``
+    is formed exactly (``width x width``).
 
     Linear Gaussian products have squared singular values with moments
     :func:`gaussian_product_moments` (mean 1, second moment ``L + 1``); orthogonal linear products
@@ -1292,7 +1297,7 @@ def jacobian_singular_values(
     isometry, Pennington et al. 2017).
 
     Args:
-      key: a PRNG key.
+      key: a PRNG key, or an int seed (``jax.random.key(seed, impl="philox2x32")``).
       depth: number of layers (>= 1); width: layer width (>= 1).
       init: ``"normal"`` or ``"orthogonal"``.
       activation: spec string or Activation.
@@ -1307,7 +1312,8 @@ def jacobian_singular_values(
       https://arxiv.org/abs/1711.04735.
     """
     act = _resolve(activation)
-    check_choice("init", init, _INITS)
+    key = as_key(key)
+    check_choice("init", init, tuple(_INITS))
     depth = check_int("depth", depth, minimum=1)
     width = check_int("width", width, minimum=1)
     _check_sigmas(sigma_w2, sigma_b2)
@@ -1529,7 +1535,7 @@ class Prediction(NamedTuple):
     """Mean-field predictions per layer for a :class:`~initjax.config.NetworkConfig`.
 
     Every field is a float64 numpy array of shape ``(depth,)``, aligned with the engine's layer
-    axis and named after the :class:`~initjax.propagation.LayerStats` field it predicts.
+    axis and named after the :class:`~initjax.engine.LayerStats` field it predicts.
     """
 
     preact_second_moment: np.ndarray  # q^l = E[(h^l)^2]
@@ -1559,16 +1565,16 @@ def predict(config: Any, *, num: int = DEFAULT_NUM, num_2d: tuple[int, int] = DE
     per-layer second moments fluctuate by O(1/sqrt(n)) around it.
 
     Args:
-      config: an :class:`~initjax.config.NetworkConfig` with ``norm="none"`` (for batch norm see
-        :func:`batchnorm_gradient_rate`).
+      config: an :class:`~initjax.config.NetworkConfig`, or a plain
+        :class:`~initjax.network.Network` (a stack of Dense layers), with ``norm="none"`` (for
+        batch norm see :func:`batchnorm_gradient_rate`). Residual descriptions: issue 14.
 
     Raises:
       ValueError: for a normalized network, or an initializer whose second moment is unknown.
     """
-    from initjax.config import NetworkConfig
+    from initjax.config import as_config
 
-    if not isinstance(config, NetworkConfig):
-        raise TypeError(f"config must be an initjax NetworkConfig, got {type(config).__name__}")
+    config = as_config(config)
     if config.norm != "none":
         raise ValueError(
             f"predict covers norm='none'; got norm={config.norm!r}. For batch norm's gradient rate "

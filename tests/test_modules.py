@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from initjax import modules
+from initjax._keys import as_key
 from initjax.modules import MLP, BatchNorm, PlainCNN, PReLU
 
 EPS = 1e-5
@@ -540,7 +541,7 @@ def test_ensemble_members_equal_solo_models():
     vec = modules.apply_ensemble(ens, x)
     assert seq.shape == vec.shape == (3, 6, 3)
     for i, s in enumerate(seeds):
-        solo = make(rngs=nnx.Rngs(jax.random.key(s)))
+        solo = make(rngs=nnx.Rngs(as_key(s)))
         _assert_same_state(modules.ensemble_member(ens, i), solo)
         np.testing.assert_array_equal(_np(seq[i]), _np(solo(x)))  # bit for bit
         # vmap batches the matmuls, which may round differently in the last bit
@@ -555,8 +556,13 @@ def test_ensemble_member_does_not_depend_on_ensemble_size():
         _assert_same_state(modules.ensemble_member(big, i), modules.ensemble_member(small, i))
     solo = make(rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(42), 2)))
     _assert_same_state(modules.ensemble_member(big, 2), solo)
-    # an int is jax.random.key(int)
-    _assert_same_state(modules.create_ensemble(make, 42, num=2), small)
+    # the one key rule: an int s is jax.random.key(s, impl="philox2x32"), not threefry
+    philox = modules.create_ensemble(make, jax.random.key(42, impl="philox2x32"), num=2)
+    _assert_same_state(modules.create_ensemble(make, 42, num=2), philox)
+    assert not np.array_equal(_np(philox.layers[0].kernel[...]), _np(small.layers[0].kernel[...]))
+    # a raw uint32[2] key is the threefry key that made it
+    raw = modules.create_ensemble(make, jax.random.PRNGKey(42), num=2)
+    _assert_same_state(raw, small)
 
 
 def test_ensemble_per_seed_inputs_intermediates_and_batchnorm_updates():
@@ -569,7 +575,7 @@ def test_ensemble_per_seed_inputs_intermediates_and_batchnorm_updates():
                                         method="forward_with_intermediates", sequential=True)
     assert out.shape == (2, 5, 3) and inter["postnorm"][0].shape == (2, 5, 8)
     for i, s in enumerate([0, 5]):
-        solo = make(rngs=nnx.Rngs(jax.random.key(s)))
+        solo = make(rngs=nnx.Rngs(as_key(s)))
         solo_out = solo(xs[i])  # training mode: updates solo's running stats
         np.testing.assert_array_equal(_np(out[i]), _np(solo_out))
         _assert_same_state(modules.ensemble_member(ens, i), solo)
@@ -593,6 +599,14 @@ def test_ensemble_errors():
         modules.ensemble_keys(jax.random.key(0), num=0)
     with pytest.raises(ValueError, match="empty"):
         modules.ensemble_keys([])
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        modules.ensemble_keys([1, -2])
+    with pytest.raises(ValueError, match=r"seeds_or_key as an int seed must be in \[0, 2\*\*63\)"):
+        modules.ensemble_keys(-1, num=2)
+    with pytest.raises(TypeError, match="seeds_or_key must be"):
+        modules.ensemble_keys("seed", num=2)
+    with pytest.raises(TypeError, match="seeds_or_key must be"):
+        modules.ensemble_keys(1.5, num=2)
     with pytest.raises(TypeError, match="callable"):
         modules.create_ensemble("MLP", [0])
     ens = modules.create_ensemble(make, [0, 5])
@@ -600,3 +614,14 @@ def test_ensemble_errors():
         modules.ensemble_member(ens, 2)
     with pytest.raises(ValueError, match="'forward'"):
         modules.apply_ensemble(ens, jnp.ones((2, 6)), method="forward")
+
+
+def test_none_and_the_string_none_both_mean_no_norm():
+    """One spelling across initjax: norm="none" (as in NetworkConfig and Network) or None."""
+    a = MLP(4, (8,), 2, norm="none", rngs=nnx.Rngs(0))
+    b = MLP(4, (8,), 2, norm=None, rngs=nnx.Rngs(0))
+    assert a.norm is None and b.norm is None and a.norms is None
+    x = jnp.ones((3, 4))
+    np.testing.assert_array_equal(a(x), b(x))
+    with pytest.raises(ValueError, match="norm must be one of 'none', 'batch', 'layer'; got 'rms'"):
+        MLP(4, (8,), norm="rms", rngs=nnx.Rngs(0))

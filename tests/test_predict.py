@@ -121,3 +121,18 @@ def test_phase_diagram_quick(tmp_path):
     assert [c["check"] for c in report["checks"] if not c["pass"]] == []
     for name in ("phase-diagram.png", "depth-scales.pdf", "correlations.png", "grid.npz", "report.md"):
         assert (tmp_path / name).exists(), name
+
+
+def test_a_plain_network_description_is_predicted_as_its_config():
+    """One description, two views: the Network a NetworkConfig constructs is predicted exactly as
+    the config; a residual description is refused by name until its theory lands (issue 14)."""
+    from initjax.network import Dense, Network, Repeat, Residual
+
+    config = NetworkConfig(depth=4, width=(64, 16, 16, 16), in_width=32, init="he_normal",
+                           activation="tanh", bias_init="normal:stddev=0.1")
+    by_config, by_network = predict(config), predict(config.network)
+    for field in by_config._fields:
+        np.testing.assert_array_equal(getattr(by_network, field), getattr(by_config, field))
+    residual = Network(8, (Repeat(Residual((Dense(8),)), 3),))
+    with pytest.raises(ValueError, match="block 0 is a residual block"):
+        predict(residual)

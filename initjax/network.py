@@ -1,0 +1,473 @@
+"""One description of a network: an input and a stack of repeated blocks.
+
+A :class:`Network` is what the engine samples and measures (:func:`initjax.propagate`), what
+:func:`initjax.theory.predict` predicts, what the trainer trains and what
+:func:`initjax.modules.build` builds as a Flax NNX module, in the spirit of neural-tangents'
+``(init_fn, apply_fn, kernel_fn)``: the architecture is stated once. It is frozen, hashable (a
+static argument of ``jax.jit``) and round-trips through JSON.
+
+The stream ``x^0`` is the input batch (``batch`` examples of ``in_width`` coordinates, Gaussian
+with variance ``input_variance`` and correlation ``input_correlation`` between examples). Each
+:class:`Repeat` applies its block ``count`` times; a repeat is one ``lax.scan`` step in the engine,
+so compile time stays flat in depth. The blocks:
+
+:class:`Dense` (a fully connected layer, weights ``W: (n_in, n_out)`` in Flax's layout)::
+
+    h = multiplier * (x W) + b
+    x' = phi(norm(h))   norm_position="before"
+    x' = norm(phi(h))   norm_position="after"      (norm is the identity for norm="none")
+
+:class:`Residual` (``branch`` a stack of Dense layers whose last width is the stream width)::
+
+    x' = x + alpha * branch(norm(x))   norm_position="pre"
+    x' = norm(x + alpha * branch(x))   norm_position="post"
+
+``alpha`` is a number or ``"1/sqrt(depth)"`` (``depth`` = the number of residual blocks of the
+network); with ``learnable=True`` it is a trained scalar starting at that value (``alpha=0``:
+SkipInit, De & Smith 2020; ReZero, Bachlechner et al. 2020).
+
+Every Dense layer also carries a learning-rate multiplier (``lr_multiplier``): the trainer scales
+that layer's updates by it (a parametrization's per-layer rule; it does not change the network at
+initialization).
+
+New block kinds (attention, issue 15) plug in with :func:`register_block`: a block is a frozen
+dataclass with a class attribute ``kind``, ``out_width(in_width) -> int`` (validating the
+widths) and ``to_dict()`` / ``from_dict(data)``.
+
+    >>> from initjax.network import Dense, Network, Repeat, Residual
+    >>> mlp = Network.mlp(depth=10, width=512, init="he_normal", activation="relu")
+    >>> mlp.depth, mlp.widths[-1]
+    (10, 512)
+    >>> res = Network(in_width=256, stages=(
+    ...     Repeat(Residual((Dense(256, "he_normal", "relu"),), alpha="1/sqrt(depth)"), 50),))
+    >>> res.residual_depth, res.branch_scale(res.stages[0].block)
+    (50, 0.1414...)
+    >>> Network.from_json(res.to_json()) == res
+    True
+
+References:
+  Yang & Schoenholz 2017, "Mean Field Residual Networks: On the Edge of Chaos",
+  https://arxiv.org/abs/1712.08969.
+  De & Smith 2020, "Batch Normalization Biases Residual Blocks Towards the Identity Function in
+  Deep Networks", https://arxiv.org/abs/2002.10444.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from initjax import activations as _activations
+from initjax import initializers as _initializers
+from initjax._checks import check_choice, check_float, check_float_dtype, check_int
+
+__all__ = [
+    "BRANCH_SCALES",
+    "NORMS",
+    "Dense",
+    "Network",
+    "Repeat",
+    "Residual",
+    "block_from_dict",
+    "init_spec",
+    "register_block",
+    "resolve_init",
+]
+
+NORMS = ("none", "batch", "layer", "rms")
+DENSE_NORM_POSITIONS = ("before", "after")
+RESIDUAL_NORM_POSITIONS = ("pre", "post")
+BRANCH_SCALES = ("1/sqrt(depth)",)  # the symbolic branch scales; any finite number is allowed too
+
+
+def resolve_init(value: Any, field: str) -> Any:
+    """An initializer from a registry spec, a ``(name, kwargs)`` pair, an initjax
+    :class:`~initjax.initializers.Initializer` or a user's JAX initializer function."""
+    if isinstance(value, _initializers.Initializer):
+        return value
+    if isinstance(value, str):
+        return _initializers.get(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return _initializers.get(value[0], **dict(value[1]))
+    if callable(value):
+        return value  # a user's own JAX initializer: usable, but not JSON-serializable
+    raise TypeError(
+        f"{field} must be an initializer name such as 'he_normal' or 'normal:stddev=0.01', "
+        f"(name, kwargs), an initjax Initializer or a JAX initializer function; got {value!r}"
+    )
+
+
+def init_spec(value: Any) -> str:
+    """The spec string of an initializer (``"custom:<name>"`` for a user's function)."""
+    spec = getattr(value, "spec", None)
+    if isinstance(spec, str):
+        return spec
+    return f"custom:{getattr(value, '__name__', type(value).__name__)}"
+
+
+def _check_buildable_spec(field: str, spec: Any) -> None:
+    if isinstance(spec, str) and spec.startswith("custom:"):
+        raise ValueError(
+            f"{field}={spec!r} was a user function and cannot be rebuilt from JSON; "
+            "pass the initializer again"
+        )
+
+
+def _check_fields(cls: type, data: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known - {"kind"}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """A fully connected layer ``phi(norm(multiplier * x W + b))`` (see the module docstring).
+
+    Attributes:
+      width: output width ``n_out`` (>= 1).
+      init: weight initializer spec (``"he_normal"``, ``"normal:stddev=0.01"``) or object.
+      activation: activation spec (``"tanh"``, ``"identity"`` for a linear layer) or Activation.
+      bias_init: bias initializer, drawn with shape ``(n_out,)``.
+      norm: one of :data:`NORMS`.
+      norm_position: ``"before"`` or ``"after"`` the activation.
+      norm_eps: epsilon added to the variance inside the norm (>= 0).
+      multiplier: forward multiplier on ``x W`` (> 0; muP's readout multiplier, for example).
+      lr_multiplier: the factor on this layer's learning rate (> 0).
+    """
+
+    kind: ClassVar[str] = "dense"
+
+    width: int
+    init: Any = "lecun_normal"
+    activation: Any = "tanh"
+    bias_init: Any = "zeros"
+    norm: str = "none"
+    norm_position: str = "before"
+    norm_eps: float = 1e-5
+    multiplier: float = 1.0
+    lr_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: canonicalize once here
+        set_(self, "width", check_int("width", self.width, minimum=1))
+        set_(self, "init", resolve_init(self.init, "init"))
+        set_(self, "bias_init", resolve_init(self.bias_init, "bias_init"))
+        set_(self, "activation", _activations.get(self.activation))
+        check_choice("norm", self.norm, NORMS)
+        check_choice("norm_position", self.norm_position, DENSE_NORM_POSITIONS)
+        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
+        set_(self, "multiplier", check_float("multiplier", self.multiplier, minimum=0.0, strict_minimum=True))
+        set_(self, "lr_multiplier",
+             check_float("lr_multiplier", self.lr_multiplier, minimum=0.0, strict_minimum=True))
+
+    def out_width(self, in_width: int) -> int:
+        return self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "width": self.width,
+            "init": init_spec(self.init),
+            "activation": self.activation.spec,
+            "bias_init": init_spec(self.bias_init),
+            "norm": self.norm,
+            "norm_position": self.norm_position,
+            "norm_eps": self.norm_eps,
+            "multiplier": self.multiplier,
+            "lr_multiplier": self.lr_multiplier,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Dense:
+        _check_fields(cls, data)
+        for f in ("init", "bias_init"):
+            _check_buildable_spec(f, data.get(f))
+        return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Residual:
+    """A residual block ``x + alpha * branch(x)`` with the norm before the branch or after the add.
+
+    Attributes:
+      branch: the branch's Dense layers (at least one; the last one's width must equal the
+        stream width, so the add is defined).
+      alpha: the branch scale: a finite number or ``"1/sqrt(depth)"``.
+      learnable: alpha is a trained scalar that starts at ``alpha`` (SkipInit / ReZero: 0).
+      norm: one of :data:`NORMS`, applied to the branch input (``"pre"``) or to the sum
+        (``"post"``).
+      norm_position: ``"pre"`` or ``"post"``.
+      norm_eps: epsilon added to the variance inside the norm (>= 0).
+    """
+
+    kind: ClassVar[str] = "residual"
+
+    branch: tuple[Dense, ...]
+    alpha: float | str = 1.0
+    learnable: bool = False
+    norm: str = "none"
+    norm_position: str = "pre"
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        branch = self.branch
+        if isinstance(branch, Dense):
+            branch = (branch,)
+        if isinstance(branch, str | bytes) or not isinstance(branch, Sequence) or not branch:
+            raise TypeError(f"branch must be a non-empty sequence of Dense layers, got {branch!r}")
+        for i, layer in enumerate(branch):
+            if not isinstance(layer, Dense):
+                raise TypeError(f"branch[{i}] must be a Dense layer, got {type(layer).__name__}")
+        set_(self, "branch", tuple(branch))
+        if isinstance(self.alpha, str):
+            check_choice("alpha", self.alpha, BRANCH_SCALES)
+        else:
+            set_(self, "alpha", check_float("alpha", self.alpha))
+        if not isinstance(self.learnable, bool):
+            raise TypeError(f"learnable must be a bool, got {self.learnable!r}")
+        check_choice("norm", self.norm, NORMS)
+        check_choice("norm_position", self.norm_position, RESIDUAL_NORM_POSITIONS)
+        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
+
+    def out_width(self, in_width: int) -> int:
+        if self.branch[-1].width != in_width:
+            raise ValueError(
+                f"a residual branch must end at the stream width {in_width}, but its last layer "
+                f"has width {self.branch[-1].width}"
+            )
+        return in_width
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "branch": [layer.to_dict() for layer in self.branch],
+            "alpha": self.alpha,
+            "learnable": self.learnable,
+            "norm": self.norm,
+            "norm_position": self.norm_position,
+            "norm_eps": self.norm_eps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Residual:
+        _check_fields(cls, data)
+        data = dict(data)
+        data.pop("kind", None)
+        data["branch"] = tuple(Dense.from_dict(layer) for layer in data.get("branch", ()))
+        return cls(**data)
+
+
+_BLOCKS: dict[str, type] = {"dense": Dense, "residual": Residual}
+
+
+def register_block(cls: type) -> type:
+    """Make a new block kind known to :class:`Network` and its JSON (usable as a decorator).
+
+    The class must be a frozen dataclass with a class attribute ``kind`` (a new name),
+    ``out_width(in_width)``, ``to_dict()`` (including ``"kind"``) and ``from_dict(data)``.
+    """
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{cls!r} needs a class attribute 'kind' (a non-empty string)")
+    if kind in _BLOCKS and _BLOCKS[kind] is not cls:
+        raise ValueError(f"block kind {kind!r} is taken by {_BLOCKS[kind].__name__}")
+    for method in ("out_width", "to_dict", "from_dict"):
+        if not callable(getattr(cls, method, None)):
+            raise TypeError(f"{cls.__name__} must define {method}()")
+    _BLOCKS[kind] = cls
+    return cls
+
+
+def block_from_dict(data: Mapping[str, Any]) -> Any:
+    """The block a ``to_dict()`` describes, by its ``"kind"``."""
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    if kind not in _BLOCKS:
+        raise ValueError(f"a block's 'kind' must be one of {sorted(_BLOCKS)}, got {kind!r}")
+    return _BLOCKS[kind].from_dict(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """``count`` copies of ``block``, applied one after the other (each with its own weights)."""
+
+    block: Any
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if type(self.block) not in _BLOCKS.values():
+            raise TypeError(
+                f"block must be one of the registered block kinds "
+                f"({', '.join(c.__name__ for c in _BLOCKS.values())}), got {self.block!r}"
+            )
+        object.__setattr__(self, "count", check_int("count", self.count, minimum=1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": self.block.to_dict(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Repeat:
+        _check_fields(cls, data)
+        return cls(block_from_dict(data["block"]), data.get("count", 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A network at initialization: an input and a stack of :class:`Repeat` stages.
+
+    Attributes:
+      in_width: the input dimension ``n_0`` (>= 1).
+      stages: the repeated blocks, in order (a bare block counts as ``Repeat(block, 1)``).
+      batch: number of input examples (>= 1; >= 2 if any layer uses batch norm).
+      input_variance: variance of each input coordinate (> 0).
+      input_correlation: correlation between any two input examples, in [0, 1].
+      dtype: floating dtype of weights and activations, as a name.
+      label: an optional name for plots and tables.
+    """
+
+    in_width: int
+    stages: tuple[Repeat, ...]
+    batch: int = 16
+    input_variance: float = 1.0
+    input_correlation: float = 0.0
+    dtype: str = "float32"
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "in_width", check_int("in_width", self.in_width, minimum=1))
+        stages = self.stages
+        if isinstance(stages, Repeat) or type(stages) in _BLOCKS.values():
+            stages = (stages,)
+        if isinstance(stages, str | bytes) or not isinstance(stages, Sequence) or not stages:
+            raise TypeError(f"stages must be a non-empty sequence of Repeat stages, got {stages!r}")
+        stages = tuple(s if isinstance(s, Repeat) else Repeat(s) for s in stages)
+        set_(self, "stages", stages)
+        set_(self, "batch", check_int("batch", self.batch, minimum=1))
+        check_float("input_variance", self.input_variance, minimum=0.0, strict_minimum=True)
+        check_float("input_correlation", self.input_correlation, minimum=0.0, maximum=1.0)
+        set_(self, "dtype", check_float_dtype(self.dtype).name)
+        width = self.in_width
+        for i, stage in enumerate(stages):
+            try:
+                width = stage.block.out_width(width)
+            except ValueError as err:
+                raise ValueError(f"stages[{i}]: {err}") from None
+        if self.batch < 2 and any(layer.norm == "batch" for layer in self._norm_carriers()):
+            raise ValueError("batch norm needs batch >= 2 (the batch variance of 1 example is 0)")
+
+    # -- derived facts ------------------------------------------------------------------------
+    def _norm_carriers(self) -> list[Any]:
+        out = []
+        for stage in self.stages:
+            out.append(stage.block)
+            out.extend(getattr(stage.block, "branch", ()))
+        return out
+
+    @property
+    def depth(self) -> int:
+        """The number of blocks (each repeat counted ``count`` times)."""
+        return sum(stage.count for stage in self.stages)
+
+    @property
+    def residual_depth(self) -> int:
+        """The number of residual blocks (the ``depth`` of ``alpha="1/sqrt(depth)"``)."""
+        return sum(stage.count for stage in self.stages if isinstance(stage.block, Residual))
+
+    @property
+    def blocks(self) -> tuple[Any, ...]:
+        """Every block in order, repeats expanded (``len == depth``)."""
+        return tuple(stage.block for stage in self.stages for _ in range(stage.count))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``(n_0, n_1, ..., n_depth)``: the stream width after each block."""
+        out = [self.in_width]
+        for block in self.blocks:
+            out.append(block.out_width(out[-1]))
+        return tuple(out)
+
+    def branch_scale(self, block: Residual) -> float:
+        """A residual block's ``alpha`` as a number (its initial value if learnable)."""
+        if block.alpha == "1/sqrt(depth)":
+            return 1.0 / math.sqrt(max(self.residual_depth, 1))
+        return float(block.alpha)
+
+    @property
+    def is_plain(self) -> bool:
+        """True for a plain stack of Dense layers (no residual or other blocks)."""
+        return all(isinstance(stage.block, Dense) for stage in self.stages)
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return " -> ".join(
+            f"{stage.count} x {stage.block.kind}" if stage.count > 1 else stage.block.kind
+            for stage in self.stages
+        )
+
+    def replace(self, **changes: Any) -> Network:
+        """A copy with ``changes`` applied, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def mlp(
+        cls,
+        depth: int,
+        width: int,
+        *,
+        in_width: int | None = None,
+        init: Any = "lecun_normal",
+        activation: Any = "tanh",
+        bias_init: Any = "zeros",
+        norm: str = "none",
+        norm_position: str = "before",
+        norm_eps: float = 1e-5,
+        **network_fields: Any,
+    ) -> Network:
+        """``depth`` equal Dense layers of ``width`` units (the first one's fan-in ``in_width``,
+        ``width`` by default), as one repeated stage (two when ``in_width != width``)."""
+        depth = check_int("depth", depth, minimum=1)
+        layer = Dense(width, init, activation, bias_init, norm, norm_position, norm_eps)
+        n0 = width if in_width is None else in_width
+        if n0 == layer.width or depth == 1:
+            stages = (Repeat(layer, depth),)
+        else:
+            stages = (Repeat(layer, 1), Repeat(layer, depth - 1))
+        return cls(n0, stages, **network_fields)
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; initializers and activations become spec strings."""
+        return {
+            "in_width": self.in_width,
+            "stages": [stage.to_dict() for stage in self.stages],
+            "batch": self.batch,
+            "input_variance": self.input_variance,
+            "input_correlation": self.input_correlation,
+            "dtype": self.dtype,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Network:
+        """Inverse of :meth:`to_dict`. A ``custom:...`` initializer cannot be rebuilt and raises."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a Network dict must be a mapping, got {type(data).__name__}")
+        _check_fields(cls, data)
+        data = dict(data)
+        data["stages"] = tuple(Repeat.from_dict(s) for s in data.get("stages", ()))
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Network:
+        return cls.from_dict(json.loads(text))
