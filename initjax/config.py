@@ -21,7 +21,6 @@ initializer and activation specs are stored as strings such as ``"normal:stddev=
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 
 from initjax import activations as _activations
 from initjax._checks import check_choice, check_float, check_float_dtype, check_int
-from initjax.network import Dense, Network, Repeat, init_spec, resolve_init
+from initjax.network import Dense, JSONDescription, Network, Repeat, init_spec, resolve_init
 
 __all__ = ["NetworkConfig", "NORMS", "PLACEMENTS", "as_config"]
 
@@ -38,7 +37,7 @@ PLACEMENTS = ("before", "after")
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(JSONDescription):
     """A fully connected network at initialization.
 
     Attributes:
@@ -238,13 +237,6 @@ class NetworkConfig:
         if isinstance(data.get("width"), list):
             data["width"] = tuple(data["width"])
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> NetworkConfig:
-        return cls.from_dict(json.loads(text))
 
 
 def as_config(description: Any, name: str = "config") -> NetworkConfig:

@@ -68,6 +68,7 @@ __all__ = [
     "BRANCH_SCALES",
     "NORMS",
     "Dense",
+    "JSONDescription",
     "Network",
     "Repeat",
     "Residual",
@@ -106,6 +107,19 @@ def init_spec(value: Any) -> str:
     if isinstance(spec, str):
         return spec
     return f"custom:{getattr(value, '__name__', type(value).__name__)}"
+
+
+class JSONDescription:
+    """``to_json`` / ``from_json`` for a description with ``to_dict`` / ``from_dict``."""
+
+    def to_json(self) -> str:
+        """The description as JSON text (keys sorted)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
 
 
 def _check_buildable_spec(field: str, spec: Any) -> None:
@@ -316,7 +330,7 @@ class Repeat:
 
 
 @dataclasses.dataclass(frozen=True)
-class Network:
+class Network(JSONDescription):
     """A network at initialization: an input and a stack of :class:`Repeat` stages.
 
     Attributes:
@@ -464,10 +478,3 @@ class Network:
         data = dict(data)
         data["stages"] = tuple(Repeat.from_dict(s) for s in data.get("stages", ()))
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Network:
-        return cls.from_dict(json.loads(text))

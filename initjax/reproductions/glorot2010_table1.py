@@ -168,10 +168,8 @@ def _figures(out: Path, runs, cfg) -> None:
             ax.plot(rec.step, med, color=f"C{i}", label=label)
             ax.fill_between(rec.step, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
         batch = cfg[name]["batch"]
-        ax.set_xlabel(f"updates (minibatch {batch})")
-        ax.set_ylabel("test error %")
-        ax.set_title(f"{name}: test error, 5 hidden layers (median, 10-90% over seeds)", fontsize=9)
-        ax.legend(fontsize=7)
+        plotting.label_axes(ax, f"updates (minibatch {batch})", "test error %",
+                            f"{name}: test error, 5 hidden layers (median, 10-90% over seeds)")
     _io.save_figure(fig, out / "test-error")
 
 

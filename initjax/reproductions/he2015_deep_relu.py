@@ -284,11 +284,11 @@ def _whole_run(f: dict[str, Any]) -> str:
 def _markdown(r: dict[str, Any]) -> str:
     s = r["setup"]
     lines = [
-        "# He et al. 2015, Figures 2-3: deep plain ReLU nets, Xavier vs He init",
-        "",
-        f"{r['seeds']} seeds; {s['model']} of width {s['width']}, depths {s['depths']}, on {s['data']}; "
-        f"{s['optimizer']}, learning rate {s['learning_rate']}, batch {s['batch']}, {s['steps']} updates; "
-        f"{r['seconds']:.0f} s" + (" (quick mode)" if r["quick"] else "") + ".",
+        *_reports.header(
+            "He et al. 2015, Figures 2-3: deep plain ReLU nets, Xavier vs He init",
+            f"{r['seeds']} seeds; {s['model']} of width {s['width']}, depths {s['depths']}, on "
+            f"{s['data']}; {s['optimizer']}, learning rate {s['learning_rate']}, batch {s['batch']}, "
+            f"{s['steps']} updates; ", r),
         "",
         *_reports.checks_table(r["checks"]),
     ]

@@ -79,8 +79,8 @@ import numpy as np
 from initjax import _io, plotting, training
 from initjax import data as _data
 from initjax.config import NetworkConfig
-from initjax.modules import ensemble_member
 from initjax.engine import Propagation, propagate_shared
+from initjax.modules import ensemble_member
 from initjax.reproductions import _reports
 
 NAME = "seed-activations"
@@ -560,9 +560,7 @@ def _markdown(report: dict[str, Any]) -> str:
                     key=lambda r: -np.nan_to_num(r["final_test_accuracy_median"], nan=-1))
     d = eng["depth"]
     lines = [
-        "# Activation functions: at init, in training, and dead ReLUs (shared/seeds 002-003)",
-        "",
-        f"{report['seconds']:.0f} s" + (" (quick mode)" if report["quick"] else "") + ".",
+        *_reports.header("Activation functions: at init, in training, and dead ReLUs (shared/seeds 002-003)", "", report),
         "",
         "## What the posts say, and what we measure",
         "",

@@ -59,8 +59,8 @@ from flax import nnx
 from initjax import _io, plotting, training
 from initjax import data as _data
 from initjax.config import NetworkConfig
-from initjax.modules import ensemble_member
 from initjax.engine import Propagation, propagate_shared
+from initjax.modules import ensemble_member
 from initjax.reproductions import _reports
 
 NAME = "seed-batchnorm"
@@ -334,9 +334,7 @@ def _fmt(x: Any) -> str:
 def _markdown(report: dict[str, Any]) -> str:
     eng, tr = report["engine"], report["training"]
     lines = [
-        "# Batch norm: the init stops mattering, and inference uses running averages (shared/seeds 003, 004)",
-        "",
-        f"{report['seconds']:.0f} s" + (" (quick mode)" if report["quick"] else "") + ".",
+        *_reports.header("Batch norm: the init stops mattering, and inference uses running averages (shared/seeds 003, 004)", "", report),
         "",
         "## At init: 6-layer tanh MLP, three weight scales, without and with BN",
         "",

@@ -34,8 +34,6 @@ References:
 
 from __future__ import annotations
 
-from initjax.training.trainer import Interrupted as Interrupted
-from initjax.training.trainer import compare as compare
 from initjax.training.config import MODELS as MODELS
 from initjax.training.config import NUMERIC_FIELDS as NUMERIC_FIELDS
 from initjax.training.config import OPTIMIZERS as OPTIMIZERS
@@ -56,6 +54,8 @@ from initjax.training.records import CompareResult as CompareResult
 from initjax.training.records import Record as Record
 from initjax.training.stats import moments as moments
 from initjax.training.stats import percentiles as percentiles
+from initjax.training.trainer import Interrupted as Interrupted
+from initjax.training.trainer import compare as compare
 
 __all__ = [
     "TrainConfig",

@@ -27,8 +27,8 @@ import optax
 
 from initjax import activations, data, initializers
 from initjax.modules import ensemble_keys
-from initjax.training.core import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
 from initjax.training import stats
+from initjax.training.core import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
 
 __all__ = [
     "Arm",

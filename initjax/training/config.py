@@ -23,6 +23,7 @@ from initjax import activations as _activations
 from initjax import modules as _modules
 from initjax._checks import check_choice, check_float, check_int
 from initjax._registry import parse_spec
+from initjax.network import Dense, Network, Repeat, Residual
 
 __all__ = ["TrainConfig", "MODELS", "OPTIMIZERS", "SCHEDULES", "NUMERIC_FIELDS", "INIT_FIELDS",
            "structure_key", "schedule_value", "make_optimizer"]
@@ -184,6 +185,8 @@ class TrainConfig:
 
         for field in ("kernel_init", "bias_init"):
             initializers.get(_check_spec_string(field, getattr(self, field)))
+        if self.norm == "none":  # initjax's one spelling elsewhere; None stays canonical here
+            object.__setattr__(self, "norm", None)
         norms = (None, "batch", "layer") if self.model == "mlp" else (None, "batch")
         check_choice(f"norm (model={self.model!r})", self.norm, norms)
         check_choice("norm_placement", self.norm_placement, _modules.NORM_PLACEMENTS)
@@ -331,6 +334,34 @@ class TrainConfig:
             raise ValueError(f"model='cnn' needs (H, W, C) inputs, got example shape {in_shape}")
         return _modules.PlainCNN(in_shape[-1], self.widths, len(self.widths), num_classes,
                                  downsample_at=self.downsample_at, **common)
+
+    def network(self, in_features: int) -> Network:
+        """This MLP's hidden layers as an :class:`initjax.network.Network` (the readout is not a
+        block: ``modules.build(cfg.network(n), num_classes, readout_init=cfg.kernel_init)`` adds
+        it). A ``residual`` MLP's blocks whose widths match become
+        ``Residual((Dense(...),), alpha=1)``: ``h + phi(norm(h W + b))``.
+
+        Raises:
+          ValueError: for ``model="cnn"`` or the learnable PReLU (neither is a description yet).
+        """
+        in_features = check_int("in_features", in_features, minimum=1)
+        if self.model != "mlp":
+            raise ValueError(f"only model='mlp' has a network description, got {self.model!r}")
+        if parse_spec(self.activation)[0] == _modules.LEARNED_PRELU:
+            raise ValueError(f"activation {self.activation!r} (learnable slopes) has no network "
+                             "description yet")
+        stages, n_in = [], in_features
+        for width in self.widths:
+            layer = Dense(width, self.kernel_init, self.activation, self.bias_init,
+                          self.norm or "none", self.norm_placement)
+            block = Residual((layer,)) if self.residual and width == n_in else layer
+            if stages and stages[-1].block == block:
+                stages[-1] = Repeat(block, stages[-1].count + 1)
+            else:
+                stages.append(Repeat(block))
+            n_in = width
+        return Network(in_features, tuple(stages), batch=max(self.batch_size, 2),
+                       label=self.label or None)
 
     def numbers(self) -> dict[str, float]:
         """The :data:`NUMERIC_FIELDS` of this config: what may differ between arms of a sweep."""

@@ -23,24 +23,13 @@ from flax import nnx
 from initjax import data, modules, training
 from initjax.training import TrainConfig
 
+from .configs import CFG_A, CFG_B, CFG_C
+
 # ----------------------------------------------------------------------------------------------
 # shared configs and runs
 # ----------------------------------------------------------------------------------------------
 
 SEEDS_A = 4
-# Ioffe & Szegedy's Figure 1 network (3 x 100 sigmoid, small Gaussian weights) on digits.
-CFG_A = TrainConfig(
-    label="sigmoid", widths=(100, 100, 100), activation="sigmoid",
-    kernel_init="normal:stddev=0.1", optimizer="momentum", learning_rate=0.1, momentum=0.9,
-    batch_size=60, steps=400, record_every=100, probe_size=200, train_eval_size=500,
-)
-CFG_B = dataclasses.replace(CFG_A, label="sigmoid+BN", norm="batch", steps=100,
-                            bn_convention="pytorch")
-CFG_C = TrainConfig(
-    label="prelu", widths=(16,), activation="prelu_learned", kernel_init="he_normal",
-    optimizer="sgd", learning_rate=0.1, batch_size=32, steps=300, record_every=100,
-    probe_size=64, train_eval_size=256,
-)
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,7 @@ import pytest
 from initjax.training import TrainConfig, make_optimizer, structure_key
 from initjax.training.config import NUMERIC_FIELDS
 
-CFG_A = TrainConfig(
-    label="sigmoid", widths=(100, 100, 100), activation="sigmoid",
-    kernel_init="normal:stddev=0.1", optimizer="momentum", learning_rate=0.1, momentum=0.9,
-    batch_size=60, steps=400, record_every=100, probe_size=200, train_eval_size=500,
-)
-CFG_B = dataclasses.replace(CFG_A, label="sigmoid+BN", norm="batch", steps=100,
-                            bn_convention="pytorch")
-CFG_C = TrainConfig(
-    label="prelu", widths=(16,), activation="prelu_learned", kernel_init="he_normal",
-    optimizer="sgd", learning_rate=0.1, batch_size=32, steps=300, record_every=100,
-    probe_size=64, train_eval_size=256,
-)
+from .configs import CFG_A, CFG_B, CFG_C
 
 
 def test_config_json_round_trip_and_hashable():
@@ -157,3 +146,36 @@ def test_optimizer_with_traced_numbers_equals_optax(optimizer, schedule):
         p = optax.apply_updates(p, u)
         want.append(p)
     np.testing.assert_allclose(got, jnp.stack(want), rtol=2e-5, atol=1e-6)
+
+
+def test_an_mlp_config_states_its_network_and_builds_the_same_model():
+    """The trainer's MLP is stated in the one description: built from ``cfg.network`` and given
+    the MLP's parameters, it computes the same function as ``cfg.build`` (the two draw their
+    parameters in another order: the MLP draws every Linear layer before its norms)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from initjax import modules
+    from initjax.network import Dense, Residual
+
+    cfg = TrainConfig(widths=(32, 32, 16), activation="tanh", kernel_init="he_normal",
+                      norm="layer", residual=True, batch_size=8)
+    net = cfg.network(12)
+    assert [type(b) for b in net.blocks] == [Dense, Residual, Dense]
+    assert net.widths == (12, 32, 32, 16)
+    built = modules.build(net, 10, readout_init=cfg.kernel_init, rngs=nnx.Rngs(3))
+    mlp = cfg.build((12,), 10, rngs=nnx.Rngs(3))
+    for block, linear in zip(built.blocks, mlp.layers):
+        dense = block.branch[0] if isinstance(block, modules.ResidualBlock) else block
+        dense.kernel[...], dense.bias[...] = linear.kernel[...], linear.bias[...]
+    built.readout.kernel[...], built.readout.bias[...] = mlp.readout.kernel[...], mlp.readout.bias[...]
+    x = jax.random.normal(jax.random.key(0), (8, 12))
+    with jax.default_matmul_precision("highest"):
+        # float32: the two layer norms round their variance differently (~1e-6 per layer)
+        np.testing.assert_allclose(built(x), mlp(x), rtol=1e-4, atol=2e-5)
+    assert TrainConfig(norm="none") == TrainConfig(norm=None)
+    with pytest.raises(ValueError, match="only model='mlp'"):
+        TrainConfig(model="cnn", widths=(4,)).network(3)
+    with pytest.raises(ValueError, match="in_features must be >= 1"):
+        cfg.network(0)
