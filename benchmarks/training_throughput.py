@@ -122,11 +122,12 @@ def time_torch(ds, seeds: int, short: int, long: int) -> float:
 LRS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def time_lr_sweep(ds, seeds: int, steps: int) -> dict:
-    """Wall time and compile counts of one compare() over the 8 learning rates of :data:`LRS`."""
+def time_lr_sweep(ds, seeds: int, steps: int, depth: int = len(WIDTHS)) -> dict:
+    """Wall time and compile counts of one compare() over the 8 learning rates of :data:`LRS`,
+    for ``depth`` hidden layers of 100 units."""
     import logging
 
-    configs = [training.TrainConfig(label=f"lr={lr}", widths=WIDTHS, activation="sigmoid",
+    configs = [training.TrainConfig(label=f"lr={lr}", widths=(100,) * depth, activation="sigmoid",
                                     kernel_init="normal:stddev=0.1", optimizer="sgd",
                                     learning_rate=lr, batch_size=60, steps=steps,
                                     record_every=100, probe_size=500, train_eval_size=1000)
@@ -160,14 +161,16 @@ def main() -> None:
     p.add_argument("--lr-sweep", action="store_true",
                    help="time one compare() of 8 learning rates and count its compilations")
     p.add_argument("--data", choices=("synthetic", "digits"), default="synthetic")
+    p.add_argument("--depth", type=int, default=len(WIDTHS), help="--lr-sweep: hidden layers")
     a = p.parse_args()
     from _machine import MachineLoad
 
     ds = synthetic() if a.data == "synthetic" else data_lib.digits()
     if a.lr_sweep:
         with MachineLoad() as load:
-            res = time_lr_sweep(ds, a.seeds, a.steps[0])
-        print(f"{len(LRS)} learning rates x {a.seeds} seeds, {a.steps[0]} steps on {a.data}: "
+            res = time_lr_sweep(ds, a.seeds, a.steps[0], a.depth)
+        print(f"{len(LRS)} learning rates x {a.seeds} seeds, depth {a.depth}, {a.steps[0]} steps "
+              f"on {a.data}: "
               f"{res['wall_s']:.1f} s, {res['compiles']} compilations, "
               f"{res['training_program_compiles']} of the training program")
         print(f"  {load.describe()}")

@@ -105,7 +105,7 @@ def test_bad_propagate_shared_arguments():
         propagate_shared([a, b], colour=1)
     with pytest.raises(ValueError, match="propagate_shared needs at least one config"):
         propagate_shared([])
-    with pytest.raises(TypeError, match=r"configs\[1\] must be a NetworkConfig"):
+    with pytest.raises(TypeError, match=r"configs\[1\] must be an initjax NetworkConfig or Network, got"):
         propagate_shared([a, "he_normal"])
     with pytest.raises(ValueError, match="cannot share weight draws"):
         propagate_shared([a, small(init="orthogonal")])
