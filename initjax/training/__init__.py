@@ -8,7 +8,8 @@ One trainer, in three rooms:
 - :mod:`initjax.training.config` and :mod:`initjax.training.trainer`: :class:`TrainConfig` and
   :func:`compare`, which trains configs that differ only in numbers (learning rate, momentum...)
   as arms of one compiled program, with records, checkpoints and resume;
-- :mod:`initjax.training.stats`: the statistics the records are made of (:func:`percentiles`);
+- the statistics the records are made of are the engine's (:mod:`initjax.engine.stats`:
+  :func:`percentiles`, :func:`moments`), re-exported here;
 - :mod:`initjax.training.arms`: deep plain MLPs (a ``lax.scan`` over layers) whose arms differ in
   activation, initializer, learning rate and depth, on the same core (the Glorot, He and
   Schoenholz reproductions).
@@ -34,6 +35,8 @@ References:
 
 from __future__ import annotations
 
+from initjax.engine.stats import moments as moments
+from initjax.engine.stats import percentiles as percentiles
 from initjax.training.config import MODELS as MODELS
 from initjax.training.config import NUMERIC_FIELDS as NUMERIC_FIELDS
 from initjax.training.config import OPTIMIZERS as OPTIMIZERS
@@ -52,8 +55,6 @@ from initjax.training.records import PERCENTILES as PERCENTILES
 from initjax.training.records import RECORD_FIELDS as RECORD_FIELDS
 from initjax.training.records import CompareResult as CompareResult
 from initjax.training.records import Record as Record
-from initjax.training.stats import moments as moments
-from initjax.training.stats import percentiles as percentiles
 from initjax.training.trainer import Interrupted as Interrupted
 from initjax.training.trainer import compare as compare
 

@@ -8,7 +8,7 @@ step (an ``optax`` SGD/momentum transformation, divergence tracking) scanned ove
 between arms is data (the learning rate, the activation's index, the depth), so a grid costs one
 compilation per set of activations. Weights are drawn with :mod:`initjax.initializers` and
 activations come from :mod:`initjax.activations`, so a spec means the same thing as everywhere else
-in initjax; layer statistics come from :mod:`initjax.training.stats`.
+in initjax; layer statistics come from :mod:`initjax.engine.stats`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import optax
 
 from initjax import activations, data, initializers
+from initjax.engine import stats
 from initjax.modules import ensemble_keys
-from initjax.training import stats
 from initjax.training.core import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
 
 __all__ = [
@@ -289,7 +289,7 @@ def layer_stats(acts: np.ndarray, arms: Sequence[Arm], percentiles: Sequence[flo
 @functools.lru_cache(maxsize=8)
 def _layer_moments(qs: tuple[float, ...]) -> Callable[[jax.Array], tuple[jax.Array, ...]]:
     """``acts (arm, seed, layer, batch, width) -> mean, std (arm, seed, layer), percentiles
-    (arm, seed, layer, q)`` with :mod:`initjax.training.stats` (one jitted program)."""
+    (arm, seed, layer, q)`` with :mod:`initjax.engine.stats` (one jitted program)."""
 
     def one(a):
         mean, std = stats.moments(a)

@@ -54,6 +54,7 @@ from initjax import modules as _modules
 from initjax._checks import check_int
 from initjax._io import progress_bar, write_json, write_npz
 from initjax._registry import parse_spec
+from initjax.engine.stats import moments, percentiles
 from initjax.training.config import (
     INIT_FIELDS,
     NUMERIC_FIELDS,
@@ -63,7 +64,6 @@ from initjax.training.config import (
 )
 from initjax.training.core import TrainState, make_step, run_steps, vmap_arms_seeds
 from initjax.training.records import MEASURED_FIELDS, PERCENTILES, CompareResult, Record
-from initjax.training.stats import moments, percentiles
 
 __all__ = ["compare", "Interrupted"]
 

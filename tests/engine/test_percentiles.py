@@ -1,4 +1,5 @@
-"""Tests of initjax.training.stats against numpy (the independent truth)."""
+"""Tests of the records' statistics (initjax.engine.stats.percentiles, moments) against numpy
+(the independent truth)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from initjax import training
+from initjax.engine import stats
 
 
 def test_percentile_selection_is_exact():
@@ -20,15 +21,15 @@ def test_percentile_selection_is_exact():
              rng.standard_normal(210), np.array([2.5])]
     for x in cases:
         x = x.astype(np.float32)
-        got = np.asarray(jax.jit(lambda a: training.percentiles(a, q))(x))
+        got = np.asarray(jax.jit(lambda a: stats.percentiles(a, q))(x))
         np.testing.assert_allclose(got, np.percentile(x, q), rtol=1e-6, atol=1e-37)
-    assert np.all(np.isnan(training.percentiles(jnp.array([1.0, np.nan, 0.0]), q)))
+    assert np.all(np.isnan(stats.percentiles(jnp.array([1.0, np.nan, 0.0]), q)))
 
 
 
 def test_moments_match_numpy():
     x = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32) * 3 + 1
-    mean, std = training.moments(jnp.asarray(x))
+    mean, std = stats.moments(jnp.asarray(x))
     np.testing.assert_allclose([float(mean), float(std)], [x.mean(), x.std()], rtol=1e-5)
 
 
@@ -40,4 +41,4 @@ def test_moments_match_numpy():
 ])
 def test_percentiles_reject_bad_input(x, q, match):
     with pytest.raises(ValueError, match=match):
-        training.percentiles(x, q)
+        stats.percentiles(x, q)
