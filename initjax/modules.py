@@ -922,16 +922,24 @@ class DenseLayer(nnx.Module):
         self.bias = nnx.Param(layer.bias_init(key_b, (layer.width,), param_dtype))
         self.norm = _norm_of(layer.norm, layer.width, layer.norm_eps, bn_kwargs, param_dtype, rngs)
 
-    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    def forward(self, x: Array, use_running_average: bool | None = None
+                ) -> tuple[Array, dict[str, Array]]:
+        """The output and ``{"preact": h, "phi_input": norm(h) or h, "act": phi(.)}``."""
         layer = self.spec
         xw = x @ self.kernel[...]
         h = layer.multiplier * xw + self.bias[...].reshape(_broadcast_shape(xw.ndim, -1, layer.width))
-        if self.norm is not None and layer.norm_position == "before":
-            h = _apply_norm(self.norm, h, use_running_average)
-        out = layer.activation(h)
-        if self.norm is not None and layer.norm_position == "after":
-            out = _apply_norm(self.norm, out, use_running_average)
-        return out
+        before = self.norm is not None and layer.norm_position == "before"
+        z = _apply_norm(self.norm, h, use_running_average) if before else h
+        a = layer.activation(z)
+        after = self.norm is not None and layer.norm_position == "after"
+        out = _apply_norm(self.norm, a, use_running_average) if after else a
+        return out, {"preact": h, "phi_input": z, "act": a}
+
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        return self.forward(x, use_running_average)[0]
+
+    def kernels(self) -> list[Array]:
+        return [self.kernel[...]]
 
 
 class ResidualBlock(nnx.Module):
@@ -950,16 +958,24 @@ class ResidualBlock(nnx.Module):
         self.branch = nnx.List(layers)
         self.alpha = nnx.Param(jnp.asarray(alpha, param_dtype)) if block.learnable else alpha
 
-    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    def forward(self, x: Array, use_running_average: bool | None = None
+                ) -> tuple[Array, dict[str, Array]]:
+        """The output and the last branch layer's intermediates (see :class:`DenseLayer`)."""
         pre = self.norm is not None and self.spec.norm_position == "pre"
         h = _apply_norm(self.norm, x, use_running_average) if pre else x
         for layer in self.branch:
-            h = layer(h, use_running_average)
+            h, inter = layer.forward(h, use_running_average)
         alpha = self.alpha[...] if isinstance(self.alpha, nnx.Param) else self.alpha
         out = x + alpha * h
         if self.norm is not None and not pre:
             out = _apply_norm(self.norm, out, use_running_average)
-        return out
+        return out, inter
+
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        return self.forward(x, use_running_average)[0]
+
+    def kernels(self) -> list[Array]:
+        return [k for layer in self.branch for k in layer.kernels()]
 
 
 class NetworkModule(nnx.Module):
@@ -1005,19 +1021,32 @@ class NetworkModule(nnx.Module):
             else None
         )
 
-    def __call__(self, x: Array, *, use_running_average: bool | None = None,
-                 return_intermediates: bool = False) -> Array | tuple[Array, dict[str, list[Array]]]:
-        """The output; with ``return_intermediates=True`` also ``{"block": [x^1 .. x^depth]}``."""
+    def forward_with_intermediates(
+        self, x: Array, *, use_running_average: bool | None = None
+    ) -> tuple[Array, dict[str, list[Array]]]:
+        """The output and, per block, ``"hidden"`` (the block's output, the stream) and its last
+        Dense layer's ``"preact"`` (``multiplier * x W + b``), ``"phi_input"`` (what the
+        activation takes: the pre-activation, normalized for a norm placed before) and ``"act"``
+        (the activation's output)."""
         x = jnp.asarray(x)
         n0 = self.description.in_width
         if x.ndim < 1 or x.shape[-1] != n0:
             raise ValueError(f"the network expects inputs (..., {n0}), got shape {x.shape}")
-        outs = []
+        inter: dict[str, list[Array]] = {"preact": [], "phi_input": [], "act": [], "hidden": []}
         for block in self.blocks:
-            x = block(x, use_running_average)
-            outs.append(x)
+            x, parts = block.forward(x, use_running_average)
+            for k, v in parts.items():
+                inter[k].append(v)
+            inter["hidden"].append(x)
         out = self.readout(x) if self.readout is not None else x
-        return (out, {"block": outs}) if return_intermediates else out
+        return out, inter
+
+    def __call__(self, x: Array, *, use_running_average: bool | None = None,
+                 return_intermediates: bool = False) -> Array | tuple[Array, dict[str, list[Array]]]:
+        """The output; with ``return_intermediates=True`` the pair ``(output, intermediates)``
+        of :meth:`forward_with_intermediates`."""
+        out, inter = self.forward_with_intermediates(x, use_running_average=use_running_average)
+        return (out, inter) if return_intermediates else out
 
 
 def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
@@ -1041,7 +1070,8 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
 
     Returns:
       A :class:`NetworkModule`; ``model(x)`` gives the output, ``model(x,
-      return_intermediates=True)`` also every block's output.
+      return_intermediates=True)`` also every block's tensors (see
+      :meth:`NetworkModule.forward_with_intermediates`).
 
     Raises:
       TypeError: ``network`` is not a description. ValueError: a block kind this builder does not

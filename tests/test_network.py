@@ -212,9 +212,9 @@ def test_built_residual_network_equals_a_float64_rederivation(norm, position):
         h = h + z / 2.0  # alpha = 1/sqrt(4 residual blocks)
         h = _np_norm(norm, h, 1e-5) if position == "post" else h
     want = h @ np.asarray(model.readout.kernel[...], np.float64)
-    np.testing.assert_allclose(inter["block"][-1], h, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(inter["hidden"][-1], h, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)
-    assert len(inter["block"]) == net.depth
+    assert len(inter["hidden"]) == net.depth
 
 
 def test_built_kernels_follow_the_layers_initializers():

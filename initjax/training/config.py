@@ -28,7 +28,7 @@ from initjax.network import Dense, Network, Repeat, Residual
 __all__ = ["TrainConfig", "MODELS", "OPTIMIZERS", "SCHEDULES", "NUMERIC_FIELDS", "INIT_FIELDS",
            "structure_key", "schedule_value", "make_optimizer"]
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "network")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "exponential")
 # Fields that enter the training program as data (one value per arm), not as code.
@@ -121,6 +121,12 @@ class TrainConfig:
       bn_momentum: batch-norm momentum in the chosen convention (None: 0.99 flax, 0.1 pytorch).
       bn_running_var: ``"biased"`` / ``"unbiased"`` (None: the convention's).
       bn_epsilon: batch-norm epsilon.
+      network: with ``model="network"``, the :class:`initjax.network.Network` to train (its
+        ``in_width`` must be the flattened example size); it states the layers, so ``widths``,
+        ``activation``, ``bias_init``, ``norm``, ``norm_placement`` and ``residual`` are not used,
+        and ``kernel_init`` draws the linear readout. Records' ``layer`` axis is then the block
+        axis: activation statistics of each block's last Dense layer, gradient norms over each
+        block's kernels. JSON holds it as :meth:`~initjax.network.Network.to_dict`.
 
     Raises:
       ValueError, TypeError: for any bad value; the message names the field and what is allowed.
@@ -157,6 +163,7 @@ class TrainConfig:
     bn_momentum: float | None = None
     bn_running_var: str | None = None
     bn_epsilon: float = 1e-5
+    network: Network | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -193,7 +200,8 @@ class TrainConfig:
         if not isinstance(self.residual, bool):
             raise TypeError(f"residual must be True or False, got {self.residual!r}")
         if self.residual and self.model != "mlp":
-            raise ValueError("residual=True needs model='mlp' (PlainCNN has no shortcuts)")
+            raise ValueError("residual=True needs model='mlp' (PlainCNN has no shortcuts; a "
+                             "network description states its own residual blocks)")
         put("downsample_at", _as_int_tuple("downsample_at", self.downsample_at, minimum=0,
                                            allow_empty=True))
         if self.downsample_at and self.model != "cnn":
@@ -240,7 +248,20 @@ class TrainConfig:
         put("final_lr_fraction", check_float("final_lr_fraction", self.final_lr_fraction,
                                              minimum=0.0, maximum=1.0))
         put("batch_size", check_int("batch_size", self.batch_size, minimum=1))
-        if self.norm == "batch" and self.batch_size < 2:
+        if isinstance(self.network, Mapping):
+            put("network", Network.from_dict(self.network))
+        if (self.model == "network") != (self.network is not None):
+            raise ValueError(
+                f"model='network' and a network description go together; got model={self.model!r} "
+                f"and network={type(self.network).__name__}"
+            )
+        if self.network is not None:
+            if not isinstance(self.network, Network):
+                raise TypeError(f"network must be an initjax Network, got {type(self.network).__name__}")
+            if self.norm is not None or self.residual:
+                raise ValueError("with model='network' the network states its norms and skips; "
+                                 f"got norm={self.norm!r}, residual={self.residual!r}")
+        if self.uses_batchnorm and self.batch_size < 2:
             raise ValueError("batch norm needs batch_size >= 2 (batch statistics of one example)")
         put("record_every", check_int("record_every", self.record_every, minimum=1))
         if self.record_every > self.steps:
@@ -259,7 +280,7 @@ class TrainConfig:
             put("bn_momentum", v)
         if self.bn_running_var is not None:
             check_choice("bn_running_var", self.bn_running_var, _modules.RUNNING_VAR_MODES)
-        if self.norm != "batch" and (
+        if not self.uses_batchnorm and (
             self.bn_momentum is not None or self.bn_running_var is not None
         ):
             raise ValueError(
@@ -273,7 +294,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (tuples become lists)."""
         return {
-            f.name: list(v) if isinstance(v, tuple) else v
+            f.name: list(v) if isinstance(v, tuple) else v.to_dict() if isinstance(v, Network) else v
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
         }
@@ -301,9 +322,17 @@ class TrainConfig:
     # -- the objects it describes ----------------------------------------------------------------
 
     @property
+    def uses_batchnorm(self) -> bool:
+        """True if any layer of the model uses batch norm."""
+        if self.network is None:
+            return self.norm == "batch"
+        layers = [x for b in self.network.blocks for x in (b, *getattr(b, "branch", ()))]
+        return any(getattr(x, "norm", None) == "batch" for x in layers)
+
+    @property
     def batchnorm_kwargs(self) -> dict[str, Any] | None:
         """Keyword arguments of every :class:`~initjax.modules.BatchNorm` (None without BN)."""
-        if self.norm != "batch":
+        if not self.uses_batchnorm:
             return None
         momentum, running_var = _BN_PRESETS[self.bn_convention]
         return {
@@ -327,6 +356,12 @@ class TrainConfig:
                       bias_init=self.bias_init, norm=self.norm,
                       norm_placement=self.norm_placement,
                       batchnorm_kwargs=self.batchnorm_kwargs, rngs=rngs)
+        if self.model == "network":
+            if int(np.prod(in_shape)) != self.network.in_width:
+                raise ValueError(f"the network takes {self.network.in_width} inputs, but the "
+                                 f"examples have shape {in_shape} ({int(np.prod(in_shape))} values)")
+            return _modules.build(self.network, num_classes, readout_init=self.kernel_init,
+                                  batchnorm_kwargs=self.batchnorm_kwargs, rngs=rngs)
         if self.model == "mlp":
             return _modules.MLP(int(np.prod(in_shape)), self.widths, num_classes,
                                 residual=self.residual, **common)
@@ -335,9 +370,9 @@ class TrainConfig:
         return _modules.PlainCNN(in_shape[-1], self.widths, len(self.widths), num_classes,
                                  downsample_at=self.downsample_at, **common)
 
-    def network(self, in_features: int) -> Network:
+    def as_network(self, in_features: int) -> Network:
         """This MLP's hidden layers as an :class:`initjax.network.Network` (the readout is not a
-        block: ``modules.build(cfg.network(n), num_classes, readout_init=cfg.kernel_init)`` adds
+        block: ``modules.build(cfg.as_network(n), num_classes, readout_init=cfg.kernel_init)`` adds
         it). A ``residual`` MLP's blocks whose widths match become
         ``Residual((Dense(...),), alpha=1)``: ``h + phi(norm(h W + b))``.
 
@@ -345,6 +380,8 @@ class TrainConfig:
           ValueError: for ``model="cnn"`` or the learnable PReLU (neither is a description yet).
         """
         in_features = check_int("in_features", in_features, minimum=1)
+        if self.model == "network":
+            return self.network
         if self.model != "mlp":
             raise ValueError(f"only model='mlp' has a network description, got {self.model!r}")
         if parse_spec(self.activation)[0] == _modules.LEARNED_PRELU:

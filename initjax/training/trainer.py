@@ -79,7 +79,8 @@ _CPU_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
 # Fields that define the network (and so the measurement), and those that enter the training
 # program's code; the rest (label, numbers, initializers, record cadence, sizes) do not.
 _MODEL_FIELDS = ("model", "widths", "activation", "norm", "norm_placement", "residual",
-                 "downsample_at", "bn_convention", "bn_momentum", "bn_running_var", "bn_epsilon")
+                 "downsample_at", "bn_convention", "bn_momentum", "bn_running_var", "bn_epsilon",
+                 "network")
 _PROGRAM_FIELDS = ("optimizer", "schedule", "warmup_steps", "decay_every", "steps")
 
 
@@ -118,8 +119,11 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
     name, _ = parse_spec(cfg.activation)
     act = None if name == _modules.LEARNED_PRELU else _activations.get(cfg.activation)
-    bn = cfg.norm == "batch"
+    bn = cfg.uses_batchnorm
     phi_input = "postnorm" if cfg.norm is not None and cfg.norm_placement == "before" else "preact"
+    if cfg.network is not None:  # per block: its last Dense layer's activation and phi input
+        phi_input = "phi_input"
+        block_acts = [getattr(b, "branch", (b,))[-1].activation for b in cfg.network.blocks]
 
     def forward(params, rest, x, train: bool):
         model = nnx.merge(graphdef, params, rest, copy=True)
@@ -154,7 +158,10 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
         rec["act_std"] = jnp.stack([s for _, s in mean_std])
         rec["act_percentiles"] = jnp.stack([percentiles(a, PERCENTILES) for a in acts])
         rec["input_percentiles"] = jnp.stack([percentiles(z, PERCENTILES) for z in inputs])
-        if act is not None:
+        if cfg.network is not None:
+            rec["saturated"] = jnp.stack([jnp.mean(f.saturated(a).astype(jnp.float32))
+                                          for f, a in zip(block_acts, acts, strict=True)])
+        elif act is not None:
             rec["saturated"] = jnp.stack([jnp.mean(act.saturated(a).astype(jnp.float32))
                                           for a in acts])
         else:
@@ -164,9 +171,13 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
             for a in acts
         ])
         gmodel = nnx.merge(graphdef, grads, rest, copy=True)
-        head = gmodel.readout if cfg.model == "mlp" else gmodel.classifier
-        rec["grad_norm"] = jnp.stack([jnp.linalg.norm(layer.kernel[...].reshape(-1))
-                                      for layer in gmodel.layers])
+        head = gmodel.classifier if cfg.model == "cnn" else gmodel.readout
+        if cfg.network is not None:  # a block's kernels together (a residual branch has several)
+            rec["grad_norm"] = jnp.stack([
+                jnp.sqrt(sum(jnp.sum(k**2) for k in block.kernels())) for block in gmodel.blocks])
+        else:
+            rec["grad_norm"] = jnp.stack([jnp.linalg.norm(layer.kernel[...].reshape(-1))
+                                          for layer in gmodel.layers])
         rec["readout_grad_norm"] = jnp.linalg.norm(head.kernel[...].reshape(-1))
         if act is None:
             pmodel = nnx.merge(graphdef, params, rest, copy=True)
@@ -312,6 +323,10 @@ def _check_data(data: Any, configs: Sequence[TrainConfig]) -> tuple[np.ndarray, 
         if cfg.batch_size > xtr.shape[0]:
             raise ValueError(f"configs[{i}].batch_size={cfg.batch_size} exceeds the training set "
                              f"size {xtr.shape[0]}")
+        if cfg.model == "network" and int(np.prod(xtr.shape[1:])) != cfg.network.in_width:
+            raise ValueError(f"configs[{i}].network takes {cfg.network.in_width} inputs, but the "
+                             f"examples have {int(np.prod(xtr.shape[1:]))} values "
+                             f"(shape {xtr.shape[1:]})")
         if cfg.model == "cnn" and xtr.ndim != 4:
             raise ValueError(f"configs[{i}] is a CNN, which needs NHWC images (n, H, W, C); got "
                              f"x_train of shape {xtr.shape} (load the data with flatten=False)")
@@ -512,6 +527,7 @@ def compare(
     show = progress if progress is not None else sys.stderr.isatty()
     model_keys = _modules.ensemble_keys(key, seeds)
     flat = {"mlp": (xtr.reshape(n_train, -1), xte.reshape(xte.shape[0], -1)), "cnn": (xtr, xte)}
+    flat["network"] = flat["mlp"]
     in_shapes = {m: tuple(v[0].shape[1:]) for m, v in flat.items()}
     device_x: dict[str, tuple[jax.Array, jax.Array]] = {}
 

@@ -161,7 +161,7 @@ def test_an_mlp_config_states_its_network_and_builds_the_same_model():
 
     cfg = TrainConfig(widths=(32, 32, 16), activation="tanh", kernel_init="he_normal",
                       norm="layer", residual=True, batch_size=8)
-    net = cfg.network(12)
+    net = cfg.as_network(12)
     assert [type(b) for b in net.blocks] == [Dense, Residual, Dense]
     assert net.widths == (12, 32, 32, 16)
     built = modules.build(net, 10, readout_init=cfg.kernel_init, rngs=nnx.Rngs(3))
@@ -176,6 +176,6 @@ def test_an_mlp_config_states_its_network_and_builds_the_same_model():
         np.testing.assert_allclose(built(x), mlp(x), rtol=1e-4, atol=2e-5)
     assert TrainConfig(norm="none") == TrainConfig(norm=None)
     with pytest.raises(ValueError, match="only model='mlp'"):
-        TrainConfig(model="cnn", widths=(4,)).network(3)
+        TrainConfig(model="cnn", widths=(4,)).as_network(3)
     with pytest.raises(ValueError, match="in_features must be >= 1"):
-        cfg.network(0)
+        cfg.as_network(0)
