@@ -1021,6 +1021,25 @@ class NetworkModule(nnx.Module):
             else None
         )
 
+    def lr_multipliers(self) -> Any:
+        """The learning-rate multiplier of every parameter, a tree shaped like
+        ``nnx.state(self, nnx.Param)`` with float leaves: a Dense layer's ``lr_multiplier`` on its
+        kernel and bias, 1 on norms, branch scales and the readout."""
+        blocks = self.description.blocks
+
+        def multiplier(path: tuple, _leaf: Any) -> float:
+            names = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+            if names[0] != "blocks":
+                return 1.0
+            block = blocks[names[1]]
+            if names[2] in ("kernel", "bias"):
+                return block.lr_multiplier
+            if names[2] == "branch" and names[4] in ("kernel", "bias"):
+                return block.branch[names[3]].lr_multiplier
+            return 1.0
+
+        return jax.tree_util.tree_map_with_path(multiplier, nnx.state(self, nnx.Param))
+
     def forward_with_intermediates(
         self, x: Array, *, use_running_average: bool | None = None
     ) -> tuple[Array, dict[str, list[Array]]]:

@@ -48,6 +48,7 @@ from initjax.training.core import TrainState as TrainState
 from initjax.training.core import init_state as init_state
 from initjax.training.core import make_step as make_step
 from initjax.training.core import run_steps as run_steps
+from initjax.training.core import scale_by_multipliers as scale_by_multipliers
 from initjax.training.core import vmap_arms_seeds as vmap_arms_seeds
 from initjax.training.plots import plot_curves as plot_curves
 from initjax.training.plots import plot_percentiles as plot_percentiles
@@ -77,6 +78,7 @@ __all__ = [
     "make_step",
     "run_steps",
     "vmap_arms_seeds",
+    "scale_by_multipliers",
     "make_optimizer",
     "structure_key",
     "percentiles",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = ["TrainState", "LossFn", "init_state", "make_step", "run_steps", "all_finite",
-           "vmap_arms_seeds"]
+           "vmap_arms_seeds", "scale_by_multipliers"]
 
 # loss_fn(params, model_state, batch) -> (scalar loss, new model_state)
 LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]
@@ -120,3 +120,30 @@ def vmap_arms_seeds(fn: Callable[..., Any], arm_axes: Sequence[Any],
         raise ValueError(f"arm_axes {arm_axes} and seed_axes {seed_axes} need one entry per "
                          "argument each")
     return jax.vmap(jax.vmap(fn, in_axes=seed_axes), in_axes=arm_axes)
+
+
+def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
+    """An optax transformation that multiplies each update by its parameter's multiplier.
+
+    ``multipliers`` is a tree shaped like the parameters with float (or scalar array) leaves, for
+    example :meth:`initjax.modules.NetworkModule.lr_multipliers`. Chained after an optimizer whose
+    last step scales by the learning rate, it gives parameter ``p`` the learning rate
+    ``eta * multipliers[p]`` (a parametrization's per-layer rule; with Adam it scales the
+    normalized update, as muP's Adam rule does).
+
+        >>> tx = optax.chain(optax.sgd(0.1), scale_by_multipliers({"a": 1.0, "b": 10.0}))
+        >>> g = {"a": jnp.ones(()), "b": jnp.ones(())}
+        >>> u, _ = tx.update(g, tx.init(g))
+        >>> round(float(u["a"]), 6), round(float(u["b"]), 6)
+        (-0.1, -1.0)
+    """
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, Any]:
+        del params
+        return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+    return optax.GradientTransformation(init, update)

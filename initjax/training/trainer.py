@@ -62,7 +62,13 @@ from initjax.training.config import (
     make_optimizer,
     structure_key,
 )
-from initjax.training.core import TrainState, make_step, run_steps, vmap_arms_seeds
+from initjax.training.core import (
+    TrainState,
+    make_step,
+    run_steps,
+    scale_by_multipliers,
+    vmap_arms_seeds,
+)
 from initjax.training.records import MEASURED_FIELDS, PERCENTILES, CompareResult, Record
 
 __all__ = ["compare", "Interrupted"]
@@ -230,13 +236,23 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
                  num_classes: int) -> _ProgramFns:
     cfg = TrainConfig(**dict(model_key), **dict(program_key), record_every=1)
     forward = _model_fns(model_key, in_shape, num_classes).forward
+    multipliers = None  # a network description's per-layer learning-rate multipliers
+    if cfg.network is not None:
+        model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
+        if any(layer.lr_multiplier != 1.0 for b in cfg.network.blocks
+               for layer in getattr(b, "branch", (b,))):
+            multipliers = model.lr_multipliers()
+
+    def optimizer(numbers):
+        tx = make_optimizer(cfg, numbers)
+        return tx if multipliers is None else optax.chain(tx, scale_by_multipliers(multipliers))
 
     def member_step_fn(x_train, y_train, numbers):
         def loss_fn(params, rest, rows):
             out, _, new_rest = forward(params, rest, x_train[rows], True)
             return _xent(out, y_train[rows]), new_rest
 
-        return make_step(loss_fn, make_optimizer(cfg, numbers))
+        return make_step(loss_fn, optimizer(numbers))
 
     def train_interval(state, numbers, x_train, y_train, idx):
         """``len(idx)`` updates of one member on the rows ``idx (k, batch)`` of the training set;
@@ -248,7 +264,7 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
         return member_step_fn(x_train, y_train, numbers)(state, rows)
 
     def opt_init(params, numbers):
-        return make_optimizer(cfg, numbers).init(params)
+        return optimizer(numbers).init(params)
 
     member = (0, 0, None, None)  # state, numbers, x_train, y_train: over arms
     seed = (0, None, None, None)  # ... over seeds

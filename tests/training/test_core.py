@@ -14,7 +14,14 @@ import optax
 import pytest
 
 from initjax import training
-from initjax.training import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
+from initjax.training import (
+    TrainState,
+    init_state,
+    make_step,
+    run_steps,
+    scale_by_multipliers,
+    vmap_arms_seeds,
+)
 
 STEPS, BATCH, DIM = 12, 8, 3
 
@@ -128,3 +135,36 @@ def test_all_finite():
     assert bool(training.core.all_finite({"a": jnp.ones(2), "b": ()}))
     assert not bool(training.core.all_finite([jnp.array([1.0, jnp.inf])]))
     assert bool(training.core.all_finite(()))
+
+
+def test_per_layer_learning_rate_multipliers_scale_each_layers_update():
+    """A Dense layer's lr_multiplier m gives its kernel and bias the update -eta m g (SGD, one
+    step), every other parameter (norm, branch scale, readout) -eta g."""
+    from flax import nnx
+
+    from initjax import modules
+    from initjax.network import Dense, Network, Repeat, Residual
+
+    net = Network(6, (Dense(8, "he_normal", "tanh", lr_multiplier=0.25),
+                      Repeat(Residual((Dense(8, "he_normal", "relu", lr_multiplier=4.0),),
+                                      learnable=True, norm="layer"), 1)))
+    model = modules.build(net, 3, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    x, y = jax.random.normal(jax.random.key(1), (5, 6)), jnp.arange(5) % 3
+
+    def loss(p, rest, batch):
+        logits = nnx.merge(graphdef, p)(batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean(), rest
+
+    eta = 0.1
+    tx = optax.chain(optax.sgd(eta), scale_by_multipliers(model.lr_multipliers()))
+    state, _ = make_step(loss, tx)(init_state(params, tx), (x, y))
+    grads = jax.grad(lambda p: loss(p, (), (x, y))[0])(params)
+    moved = jax.tree.map(lambda new, old: new - old, state.params, params)
+    for (path, g), (_, d) in zip(jax.tree_util.tree_leaves_with_path(grads),
+                                 jax.tree_util.tree_leaves_with_path(moved), strict=True):
+        name = jax.tree_util.keystr(path)
+        m = 0.25 if "[0]" in name and "blocks" in name and "branch" not in name else (
+            4.0 if "branch" in name else 1.0)
+        # new - old loses float32 digits of |param| <~ 2: atol 4 ulp(2) = 5e-7
+        np.testing.assert_allclose(d, -eta * m * g, rtol=1e-4, atol=5e-7, err_msg=name)
