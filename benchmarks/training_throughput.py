@@ -20,6 +20,7 @@ program. Run it against another checkout with ``PYTHONPATH=<checkout>`` to compa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -122,15 +123,22 @@ def time_torch(ds, seeds: int, short: int, long: int) -> float:
 LRS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-def time_lr_sweep(ds, seeds: int, steps: int, depth: int = len(WIDTHS)) -> dict:
+def time_lr_sweep(ds, seeds: int, steps: int, depth: int = len(WIDTHS), cnn: bool = False) -> dict:
     """Wall time and compile counts of one compare() over the 8 learning rates of :data:`LRS`,
     for ``depth`` hidden layers of 100 units."""
     import logging
 
-    configs = [training.TrainConfig(label=f"lr={lr}", widths=(100,) * depth, activation="sigmoid",
+    if cnn:  # 3 x 16-channel 3x3 convs, ReLU, momentum: digits as 8x8 images
+        base = training.TrainConfig(model="cnn", widths=(16,) * depth, activation="relu",
+                                    kernel_init="he_normal", optimizer="momentum", batch_size=32,
+                                    steps=steps, record_every=100, probe_size=64,
+                                    train_eval_size=256)
+    else:
+        base = training.TrainConfig(widths=(100,) * depth, activation="sigmoid",
                                     kernel_init="normal:stddev=0.1", optimizer="sgd",
-                                    learning_rate=lr, batch_size=60, steps=steps,
-                                    record_every=100, probe_size=500, train_eval_size=1000)
+                                    batch_size=60, steps=steps, record_every=100, probe_size=500,
+                                    train_eval_size=1000)
+    configs = [dataclasses.replace(base, label=f"lr={lr}", learning_rate=lr / 10 if cnn else lr)
                for lr in LRS]
     names: list[str] = []
 
@@ -162,15 +170,20 @@ def main() -> None:
                    help="time one compare() of 8 learning rates and count its compilations")
     p.add_argument("--data", choices=("synthetic", "digits"), default="synthetic")
     p.add_argument("--depth", type=int, default=len(WIDTHS), help="--lr-sweep: hidden layers")
+    p.add_argument("--cnn", action="store_true",
+                   help="--lr-sweep: a small CNN on digits images instead of the MLP")
     a = p.parse_args()
     from _machine import MachineLoad
 
-    ds = synthetic() if a.data == "synthetic" else data_lib.digits()
+    if a.cnn:
+        ds = data_lib.digits(flatten=False)
+    else:
+        ds = synthetic() if a.data == "synthetic" else data_lib.digits()
     if a.lr_sweep:
         with MachineLoad() as load:
-            res = time_lr_sweep(ds, a.seeds, a.steps[0], a.depth)
+            res = time_lr_sweep(ds, a.seeds, a.steps[0], a.depth, a.cnn)
         print(f"{len(LRS)} learning rates x {a.seeds} seeds, depth {a.depth}, {a.steps[0]} steps "
-              f"on {a.data}: "
+              f"on {'digits images (CNN)' if a.cnn else a.data}: "
               f"{res['wall_s']:.1f} s, {res['compiles']} compilations, "
               f"{res['training_program_compiles']} of the training program")
         print(f"  {load.describe()}")

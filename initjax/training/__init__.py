@@ -47,6 +47,7 @@ from initjax.training.config import structure_key as structure_key
 from initjax.training.core import TrainState as TrainState
 from initjax.training.core import init_state as init_state
 from initjax.training.core import make_step as make_step
+from initjax.training.core import map_arms_vmap_seeds as map_arms_vmap_seeds
 from initjax.training.core import run_steps as run_steps
 from initjax.training.core import scale_by_multipliers as scale_by_multipliers
 from initjax.training.core import vmap_arms_seeds as vmap_arms_seeds
@@ -78,6 +79,7 @@ __all__ = [
     "make_step",
     "run_steps",
     "vmap_arms_seeds",
+    "map_arms_vmap_seeds",
     "scale_by_multipliers",
     "make_optimizer",
     "structure_key",

@@ -24,6 +24,7 @@ members are untouched.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = ["TrainState", "LossFn", "init_state", "make_step", "run_steps", "all_finite",
-           "vmap_arms_seeds", "scale_by_multipliers"]
+           "vmap_arms_seeds", "map_arms_vmap_seeds", "scale_by_multipliers"]
 
 # loss_fn(params, model_state, batch) -> (scalar loss, new model_state)
 LossFn = Callable[[Any, Any, Any], tuple[jax.Array, Any]]
@@ -121,6 +122,40 @@ def vmap_arms_seeds(fn: Callable[..., Any], arm_axes: Sequence[Any],
                          "argument each")
     return jax.vmap(jax.vmap(fn, in_axes=seed_axes), in_axes=arm_axes)
 
+
+def map_arms_vmap_seeds(fn: Callable[..., Any], arm_axes: Sequence[Any],
+                        seed_axes: Sequence[Any]) -> Callable[..., Any]:
+    """Like :func:`vmap_arms_seeds`, but the arms run one after the other (``lax.map``) inside
+    the one compiled program, each ``vmap``-ped over its seeds.
+
+    For models whose batched form is slow on the backend: a convolution ``vmap``-ped over arms x
+    seeds becomes one grouped convolution, which XLA:CPU ran 2.9x slower for 8 arms of a small
+    CNN than the 8 arms' convolutions one after the other. Same arguments and results as
+    :func:`vmap_arms_seeds`; arm axes must be 0 or None.
+
+    Raises:
+      ValueError: the two axis lists differ in length, or an arm axis is neither 0 nor None.
+    """
+    arm_axes, seed_axes = tuple(arm_axes), tuple(seed_axes)
+    if len(arm_axes) != len(seed_axes):
+        raise ValueError(f"arm_axes {arm_axes} and seed_axes {seed_axes} need one entry per "
+                         "argument each")
+    if any(ax not in (0, None) for ax in arm_axes):
+        raise ValueError(f"arm_axes must be 0 or None, got {arm_axes}")
+    per_arm = jax.vmap(fn, in_axes=seed_axes)
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        mapped = tuple(a for a, ax in zip(args, arm_axes, strict=True) if ax == 0)
+
+        def one_arm(arm_args: tuple) -> Any:
+            it = iter(arm_args)
+            return per_arm(*(next(it) if ax == 0 else a
+                             for a, ax in zip(args, arm_axes, strict=True)))
+
+        return jax.lax.map(one_arm, mapped)
+
+    return run
 
 def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
     """An optax transformation that multiplies each update by its parameter's multiplier.

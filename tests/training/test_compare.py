@@ -585,3 +585,19 @@ def test_network_lr_multipliers_reach_the_trainer(digits):
     np.testing.assert_allclose(a.act_std[:, -1], a.act_std[:, 0], rtol=1e-4)
     assert a.train_loss[0, -1] < 0.8 * a.train_loss[0, 0]
     assert np.all(np.abs(b.act_std[:, -1] / b.act_std[:, 0] - 1) > 0.01)
+
+
+def test_cnn_arms_run_in_turn_and_equal_configs_trained_alone():
+    """A CNN's arms run one after the other inside one program (a vmapped convolution is slow
+    on XLA:CPU); each arm's records equal its config trained alone."""
+    ds = data.digits(flatten=False)
+    base = TrainConfig(model="cnn", widths=(4, 4), activation="relu", kernel_init="he_normal",
+                       optimizer="momentum", batch_size=16, steps=20, record_every=10,
+                       probe_size=16, train_eval_size=64)
+    cfgs = [dataclasses.replace(base, label=f"lr={lr}", learning_rate=lr) for lr in (0.01, 0.1)]
+    together = training.compare(cfgs, ds, seeds=2, progress=False)
+    alone = training.compare(cfgs[1], ds, seeds=2, progress=False)
+    for field in ("train_loss", "test_accuracy", "grad_norm"):
+        np.testing.assert_allclose(getattr(together["lr=0.1"], field),
+                                   getattr(alone["lr=0.1"], field), rtol=2e-4, atol=1e-6)
+    assert not np.allclose(together["lr=0.01"].train_loss, together["lr=0.1"].train_loss)

@@ -168,3 +168,25 @@ def test_per_layer_learning_rate_multipliers_scale_each_layers_update():
             4.0 if "branch" in name else 1.0)
         # new - old loses float32 digits of |param| <~ 2: atol 4 ulp(2) = 5e-7
         np.testing.assert_allclose(d, -eta * m * g, rtol=1e-4, atol=5e-7, err_msg=name)
+
+
+def test_arms_in_turn_equal_arms_vmapped():
+    """map_arms_vmap_seeds (arms one after the other, for convolutions) computes what
+    vmap_arms_seeds computes: arms x seeds members with shared and per-arm arguments."""
+    from initjax.training import map_arms_vmap_seeds
+
+    def member(w, lr, x, noise):
+        return jnp.tanh(x @ w) * lr + noise
+
+    w = jax.random.normal(jax.random.key(0), (3, 4, 5, 2))  # (arm, seed, in, out)
+    lr = jnp.array([0.1, 1.0, 10.0])  # (arm,)
+    x = jax.random.normal(jax.random.key(1), (7, 5))  # shared
+    noise = jax.random.normal(jax.random.key(2), (4, 7, 2))  # (seed, ...)
+    args = ((0, 0, None, None), (0, None, None, 0))
+    want = vmap_arms_seeds(member, *args)(w, lr, x, noise)
+    got = jax.jit(map_arms_vmap_seeds(member, *args))(w, lr, x, noise)
+    assert got.shape == (3, 4, 7, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[2, 1], jnp.tanh(x @ w[2, 1]) * 10.0 + noise[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="arm_axes must be 0 or None"):
+        map_arms_vmap_seeds(member, (1, 0, None, None), (0, None, None, 0))
