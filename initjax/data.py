@@ -19,7 +19,7 @@ What each set is:
 - **Shapeset-3x2** (Glorot & Bengio 2010, section 2.1): procedural 32x32 grey images of one or two
   shapes, generated on the fly: :func:`shapeset_batch`, the endless online stream
   :func:`shapeset_stream`, and the fixed train/test split :func:`shapeset`.
-- **digits**: scikit-learn's bundled 8x8 digits (1797 images, no download), :func:`digits`.
+- **digits**: the 8x8 handwritten digits shipped with initjax (1797 images, no download), :func:`digits`.
 - **MNIST, Fashion-MNIST, CIFAR-10**: readers of the files a user downloaded once
   (:func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`). Nothing here ever downloads.
 - **teacher-student**: Gaussian inputs labelled by a random teacher MLP, :func:`teacher_student`.
@@ -389,7 +389,7 @@ def shapeset(n_train: int, n_test: int, seed: int = 0, *, flatten: bool = True) 
 
 
 # --------------------------------------------------------------------------------------------
-# scikit-learn digits
+# digits (shipped: data_files/digits.npz)
 
 
 def _stratified_split(
@@ -405,10 +405,32 @@ def _stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+DIGITS_FILE = Path(__file__).parent / "data_files" / "digits.npz"
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) uint8 0-16, labels (1797,) uint8) from the shipped file."""
+    try:
+        with np.load(DIGITS_FILE) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise OSError(f"initjax's digits file {DIGITS_FILE} is missing or damaged ({err}); "
+                      "reinstall initjax") from err
+    if images.shape != (1797, 8, 8) or labels.shape != (1797,):
+        raise OSError(f"initjax's digits file {DIGITS_FILE} holds shapes {images.shape}, "
+                      f"{labels.shape}, not (1797, 8, 8), (1797,); reinstall initjax")
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
 def digits(
     test_fraction: float = 0.2, seed: int = 0, *, standardize: bool = True, flatten: bool = True
 ) -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, no download).
+    """The 8x8 handwritten digits (1797 images, 10 classes), shipped with initjax: no download and
+    no optional dependency (the UCI "Optical Recognition of Handwritten Digits" images that
+    scikit-learn bundles as ``load_digits``; CC BY 4.0, Alpaydin & Kaynak 1998).
 
     Pixels (0-16 in the file) are scaled to ``[0, 1]``; then, with ``standardize=True``, each pixel
     is standardized with the **training** set's mean and std (pixels constant in the training set,
@@ -426,7 +448,6 @@ def digits(
       A :class:`Dataset` named ``"digits"`` with 10 classes.
 
     Raises:
-      ImportError: if scikit-learn is not installed (``pip install "initjax[data]"``).
       ValueError: if ``test_fraction`` is not in ``(0, 1)`` or leaves a set empty.
     """
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
@@ -440,16 +461,9 @@ def digits(
     seed = _check_seed("seed", seed)
     standardize = _check_flag("standardize", standardize)
     flatten = _check_flag("flatten", flatten)
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise ImportError(
-            'digits() needs scikit-learn, an optional dependency: pip install "initjax[data]"'
-        ) from err
-
-    bunch = load_digits()
-    x = np.asarray(bunch.images, dtype=np.float64) / 16.0  # (1797, 8, 8), 0-16 -> [0, 1]
-    y = np.asarray(bunch.target, dtype=np.int32)
+    images, labels = _digits_file()
+    x = images.astype(np.float64) / 16.0  # (1797, 8, 8), 0-16 -> [0, 1]
+    y = labels.astype(np.int32)
     train, test = _stratified_split(y, test_fraction, _child_rng(seed, 0))
     if train.size == 0 or test.size == 0:
         raise ValueError(f"test_fraction={test_fraction} leaves the train or the test set empty")

@@ -3,6 +3,7 @@
 import gzip
 import math
 import pickle
+import subprocess
 import sys
 
 import jax
@@ -207,7 +208,6 @@ def test_shapeset_bad_input(call, err, match):
 
 
 def test_digits_shapes_labels_split_and_determinism():
-    pytest.importorskip("sklearn")
     ds = data.digits()
     assert ds.name == "digits" and ds.num_classes == 10
     assert ds.x_train.shape[0] + ds.x_test.shape[0] == 1797
@@ -231,7 +231,6 @@ def test_digits_shapes_labels_split_and_determinism():
 
 
 def test_digits_unstandardized_and_unflattened():
-    pytest.importorskip("sklearn")
     ds = data.digits(test_fraction=0.5, standardize=False, flatten=False)
     assert ds.x_train.shape[1:] == (8, 8, 1)
     assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
@@ -245,10 +244,32 @@ def test_digits_bad_test_fraction(bad, err):
         data.digits(test_fraction=bad)
 
 
-def test_digits_without_sklearn_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
-    with pytest.raises(ImportError, match=r'pip install "initjax\[data\]"'):
-        data.digits()
+def test_shipped_digits_equal_scikit_learns():
+    """The shipped file is scikit-learn's load_digits, image for image and label for label
+    (scikit-learn is a test dependency: the independent copy)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = data.digits(standardize=False, flatten=False, test_fraction=0.5)
+    images = np.concatenate([ds.x_train, ds.x_test])[..., 0]
+    labels = np.concatenate([ds.y_train, ds.y_test])
+    # the split keeps file order within each set; compare as multisets of (label, image)
+    got = sorted((int(y), tuple(np.round(x.ravel() * 16).astype(int)))
+                 for x, y in zip(images, labels, strict=True))
+    want = sorted((int(y), tuple(x.ravel().astype(int)))
+                  for x, y in zip(bunch.images, bunch.target, strict=True))
+    assert got == want
+
+
+def test_digits_need_no_scikit_learn():
+    """A user who installed initjax alone (README command 1) has the digits: load them in a
+    process where importing scikit-learn fails."""
+    code = ("import sys; sys.modules['sklearn'] = None; sys.modules['sklearn.datasets'] = None\n"
+            "from initjax import data; ds = data.digits()\n"
+            "print(ds.x_train.shape[0] + ds.x_test.shape[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1797"
 
 
 # --------------------------------------------------------------------------------------------

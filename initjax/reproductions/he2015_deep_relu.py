@@ -8,7 +8,7 @@ variance, and its gradients shrink the same way; He's ``Var[w] = 2/n`` keeps bot
 a 22-layer ImageNet model converges with both, He's sooner. Figure 3: a 30-layer model converges
 with He's init and does not learn at all with Xavier's.
 
-What this runs: the same comparison on scikit-learn's 8x8 digits (1438 training images, 10
+What this runs: the same comparison on the 8x8 digits (1438 training images, 10
 classes, no download) with plain ReLU MLPs of 22 and 30 hidden layers (an MLP instead of a conv
 net: cheaper, and the variance argument is the same), ``xavier_normal`` vs ``he_normal`` for every
 kernel, zero biases, SGD with momentum 0.9 (He et al.'s optimizer) at one learning rate for all, a

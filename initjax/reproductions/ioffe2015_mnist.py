@@ -16,7 +16,7 @@ Not stated by the paper, chosen here:
 * batch norm: gamma 1 and beta 0 at init, epsilon 1e-5; for inference the running averages of the
   batch means and of the **unbiased** batch variances (the paper's Algorithm 2,
   ``Var[x] = m/(m-1) E_B[sigma_B^2]``), with PyTorch's momentum 0.1 (``bn_convention="pytorch"``);
-* the data: scikit-learn's bundled 8x8 digits by default (no download; standardized pixels), or
+* the data: the 8x8 digits shipped with initjax by default (no download; standardized pixels), or
   MNIST when ``data_dir`` holds the four IDX files (``initjax.data.mnist``; pixels in [0, 1]).
   Steps: 5,000 on digits (about 200 epochs of its 1,438 training images), the paper's 50,000 on
   MNIST; quick mode 200 on either.
@@ -91,7 +91,7 @@ def run(
       seeds: number of seeds (default 8; 2 in quick mode).
       progress: progress bar (None: on a terminal).
       data_dir: a directory holding MNIST's four IDX files (``initjax.data.mnist``); None uses
-        scikit-learn's digits.
+        the shipped 8x8 digits.
     """
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else (2 if quick else 8)

@@ -8,7 +8,7 @@ pre-activations approaches its fixed point ``c*`` over ``xi_c`` layers, ``xi_c^-
 nets on MNIST and CIFAR-10 over a grid of ``(sigma_w^2, L)`` and finds the trainable region bounded
 by ``L ~ 6 xi_c``: deeper networks stay at chance, shallower ones train.
 
-What this runs: tanh MLPs of width 100 (quick: 32) on scikit-learn's 8x8 digits, weights
+What this runs: tanh MLPs of width 100 (quick: 32) on the 8x8 digits, weights
 ``variance_scaling(scale=sigma_w^2, mode=fan_in, distribution=normal)`` (exactly ``N(0, sigma_w^2 /
 fan_in)``) in every layer, biases ``N(0, 0.05)``, over a grid of ``sigma_w^2`` (1.0 to 4.0) and depths
 (10 to 90 hidden layers), trained briefly with SGD + momentum 0.9 at learning rate 0.1 / width; a
