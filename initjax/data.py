@@ -587,7 +587,10 @@ def _idx_dataset(data_dir: Any, name: str, flatten: bool) -> Dataset:
     missing = [_MNIST_FILES[k] + ".gz" for k, p in paths.items() if p is None]
     if missing:
         expected = ", ".join(stem + ".gz" for stem in _MNIST_FILES.values())
-        state = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
+        if root.is_dir():
+            state = f"lacks {', '.join(missing)}"
+        else:
+            state = "is a file, not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(
             f"{name}: directory {str(root)!r} {state}. Expected the four IDX files {expected} "
             f"(gzipped, or unzipped without '.gz'). initjax never downloads: get them once from "

@@ -112,6 +112,7 @@ __all__ = [
 ]
 
 DEFAULT_NUM = 100
+MAX_DEPTH = 1_000_000  # layers of a per-layer recursion (a bound, so a typo cannot hang)
 """1-d quadrature points: 50 half-line nodes, each used at +x and -x."""
 
 DEFAULT_NUM_2D = (32, 32)
@@ -369,6 +370,11 @@ def _checked(
         static["iterations"] = check_int("iterations", iterations, minimum=0)
     if depth is not None:
         static["depth"] = check_int("depth", depth, minimum=1)
+        if static["depth"] > MAX_DEPTH:
+            raise ValueError(
+                f"depth must be <= {MAX_DEPTH} (one value per layer is computed and kept), got "
+                f"{static['depth']}; for the behaviour at any depth see depth_scales (xi_q, xi_c)"
+            )
     for name, value in (c or {}).items():
         _check_c(name, value)
     for name, value in (q or {}).items():

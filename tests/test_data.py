@@ -601,3 +601,12 @@ def test_get_registry():
 def test_public_api():
     for name in data.__all__:
         assert hasattr(data, name), name
+
+
+def test_data_dir_that_is_a_file_is_named_as_such(tmp_path):
+    path = tmp_path / "mnist.gz"
+    path.write_bytes(b"not a directory")
+    with pytest.raises(FileNotFoundError, match="is a file, not a directory"):
+        data.mnist(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.mnist(tmp_path / "nowhere")

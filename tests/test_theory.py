@@ -642,3 +642,11 @@ def test_jacobian_takes_an_int_seed_by_the_one_key_rule():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(TypeError, match="key"):
         theory.jacobian_singular_values(1.5, 2, 16)
+
+
+def test_depth_is_bounded_so_a_typo_cannot_hang():
+    """`initjax theory --depth 1000000000` used to run for hours; a depth above MAX_DEPTH is
+    refused at once, naming the bound and the depth scales that answer the question instead."""
+    with pytest.raises(ValueError, match=r"depth must be <= 1000000 .* got 1000000000; .*depth_scales"):
+        theory.variance_iterates(1.0, 1.5, 0.0, "tanh", 10**9)
+    assert theory.MAX_DEPTH == 10**6
