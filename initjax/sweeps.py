@@ -16,6 +16,7 @@ loses nothing it had finished.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ from initjax import _io
 from initjax.config import NetworkConfig
 from initjax.engine import Propagation, propagate, propagate_shared, shareable
 from initjax.engine.propagation import check_configs
+from initjax.engine.propagation import propagate as engine_propagate
 
 __all__ = ["grid", "sweep", "Sweep"]
 
@@ -123,11 +125,54 @@ def _write_index(d: Path, configs: Sequence[NetworkConfig], done: set[int], extr
     _io.write_json(d / "sweep.json", {"status": status, "entries": entries, **(extra or {})})
 
 
+def _check_same_run(d: Path, stored: Any, identity: dict[str, Any]) -> None:
+    """Refuse to resume into ``d`` a sweep whose seeds, key or measurement options differ from
+    the one that wrote it (its numbers would be returned as if they were this call's)."""
+    if stored == identity:
+        return
+    if not isinstance(stored, dict):
+        raise ValueError(f"{d / 'sweep.json'} records no run identity (an older initjax wrote it), "
+                         "so its results cannot be matched to this call; use a new out folder")
+    diffs = [f"{k}: stored {stored.get(k)!r}, asked {identity[k]!r}"
+             for k in ("seeds", "key") if stored.get(k) != identity[k]]
+    s_opts, opts = stored.get("options") or {}, identity["options"]
+    diffs += [f"{k}: stored {s_opts.get(k)!r}, asked {opts.get(k)!r}"
+              for k in sorted(set(s_opts) | set(opts)) if s_opts.get(k) != opts.get(k)]
+    raise ValueError(f"{d} holds a sweep run with other settings ({'; '.join(diffs)}); resuming "
+                     "would return its numbers as this call's: use a new out folder")
+
+
 def _read_index(d: Path) -> dict | None:
     path = d / "sweep.json"
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+# propagate's arguments that are not part of a run's identity (how it shows progress, not what it
+# measures)
+_NOT_IDENTITY = ("config", "seeds", "key", "progress")
+
+
+def _identity(seeds: int, key: Any, propagate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep's numbers depend on besides the configs: the seeds, the key and every
+    measurement option of :func:`~initjax.propagate`, defaults filled in (so passing a default
+    explicitly is the same run)."""
+    params = inspect.signature(engine_propagate).parameters  # not the module name tests patch
+    unknown = sorted(set(propagate_kwargs) - set(params) - set(_NOT_IDENTITY))
+    if unknown:
+        raise TypeError(f"sweep got unknown propagate arguments {unknown}; known: "
+                        f"{sorted(set(params) - set(_NOT_IDENTITY))}")
+    options = {name: p.default for name, p in params.items() if name not in _NOT_IDENTITY}
+    options.update(propagate_kwargs)
+    if isinstance(key, int):
+        key_id: Any = key
+    else:  # a JAX key: its data and implementation
+        import jax
+
+        key_id = {"key_data": jax.random.key_data(key).tolist(),
+                  "impl": str(jax.random.key_impl(key))}
+    return _io.json_safe({"seeds": seeds, "key": key_id, "options": options})
 
 
 def _groups(configs: Sequence[NetworkConfig], todo: Sequence[int], share: bool) -> list[list[int]]:
@@ -172,16 +217,23 @@ def sweep(
     d = Path(out) if out is not None else None
     results: list[Propagation | None] = [None] * len(configs)
     done: set[int] = set()
+    identity = _identity(seeds, key, propagate_kwargs)
     if d is not None:
         index = _read_index(d)
         if index is not None:
+            _check_same_run(d, index.get("identity"), identity)
             for i, e in enumerate(index["entries"]):
                 if i < len(configs) and e["status"] == "done" and e["config"] == configs[i].to_dict():
                     loaded = Propagation.load(d / f"{i:03d}")
-                    if loaded.seeds == seeds:
-                        results[i] = loaded
-                        done.add(i)
-        _write_index(d, configs, done)
+                    if loaded.config != configs[i]:
+                        raise ValueError(
+                            f"{d / f'{i:03d}' / 'config.json'} holds {loaded.config.name!r} but "
+                            f"the sweep index {d / 'sweep.json'} says {configs[i].name!r}: the "
+                            "folder was written by two runs; use a new out folder"
+                        )
+                    results[i] = loaded
+                    done.add(i)
+        _write_index(d, configs, done, {"identity": identity})
     show = not quiet and sys.stderr.isatty()
     todo = [i for i in range(len(configs)) if i not in done]
     with _io.progress_bar(total=len(configs), desc="sweep", unit="config", disable=not show) as bar:
@@ -198,6 +250,6 @@ def sweep(
                     res.save(d / f"{i:03d}")
                     done.add(i)
             if d is not None:
-                _write_index(d, configs, done)
+                _write_index(d, configs, done, {"identity": identity})
             bar.update(len(group))
     return Sweep(tuple(results))  # type: ignore[arg-type]

@@ -224,3 +224,37 @@ def test_takes_data_dir():
     assert not reproductions.takes_data_dir("seed-demo")
     with pytest.raises(ValueError, match="unknown reproduction 'nope'; known: seed-demo"):
         reproductions.takes_data_dir("nope")
+
+
+def test_resume_refuses_a_folder_written_with_other_settings(tmp_path):
+    """Resuming into a folder with another key, seed count or measurement option would return
+    the first run's numbers as this call's (issue 17): refused, naming the difference. Passing
+    a default explicitly is the same run."""
+    configs = [BASE.replace(label="a")]
+    first = sweep(configs, seeds=2, key=0, out=tmp_path)
+    again = sweep(configs, seeds=2, key=0, out=tmp_path, bins=40, prng_impl="philox2x32")
+    _equal(first["a"], again["a"])
+    for kwargs, match in [(dict(key=1), "key: stored 0, asked 1"),
+                          (dict(seeds=3), "seeds: stored 2, asked 3"),
+                          (dict(bins=20), "bins: stored 40, asked 20"),
+                          (dict(cotangent="mse"), "cotangent: stored 'normal', asked 'mse'")]:
+        args = {"seeds": 2, "key": 0, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            sweep(configs, out=tmp_path, **args)
+    assert sweep(configs, seeds=2, key=1, out=tmp_path / "other")["a"].key == 1
+
+
+def test_resume_checks_each_entry_against_the_index(tmp_path):
+    configs = [BASE.replace(label="a")]
+    sweep(configs, seeds=2, out=tmp_path)
+    entry = tmp_path / "000" / "config.json"
+    entry.write_text(json.dumps(BASE.replace(label="a", depth=BASE.depth + 1).to_dict()))
+    with pytest.raises(ValueError, match="000/config.json holds .* written by two runs"):
+        sweep(configs, seeds=2, out=tmp_path)
+    index = json.loads((tmp_path / "sweep.json").read_text())
+    del index["identity"]
+    (tmp_path / "sweep.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="records no run identity"):
+        sweep(configs, seeds=2, out=tmp_path)
+    with pytest.raises(TypeError, match=r"unknown propagate arguments \['bogus'\]"):
+        sweep(configs, seeds=2, bogus=1)
