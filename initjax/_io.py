@@ -84,3 +84,27 @@ def progress_bar(**kwargs: Any):
     from tqdm.auto import tqdm
 
     return tqdm(leave=False, dynamic_ncols=True, **kwargs)
+
+
+def check_out_dir(path: str | os.PathLike, name: str = "out") -> Path:
+    """Check, before any work and without writing anything, that ``path`` is a directory that can
+    be written or created: it exists as a writable directory, or its nearest existing ancestor
+    is one. A bad output path then fails at once instead of after the computation.
+
+    Raises:
+      ValueError: ``path`` (or an ancestor) is a file, or the directory to write in is not
+        writable; the message names it.
+    """
+    out = Path(path)
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "" if probe == out else f" (its ancestor {str(probe)!r} is a file)"
+        raise ValueError(f"{name} {str(out)!r} cannot be a directory{what}" if what else
+                         f"{name} {str(out)!r} is a file, not a directory")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(out)!r} cannot be written: {str(probe)!r} is not writable")
+    return out

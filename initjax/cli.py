@@ -154,6 +154,8 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
     from initjax.config import NetworkConfig
     from initjax.engine import FallbackWarning, NonFiniteWarning, propagate
 
+    if args.out is not None:
+        _io.check_out_dir(args.out, "--out")
     config = NetworkConfig(
         depth=args.depth,
         width=args.width,
@@ -248,7 +250,7 @@ def _cmd_theory(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from initjax import reproductions
+    from initjax import _io, reproductions
 
     if args.list or args.name is None:
         if args.name is None and not args.list:
@@ -258,6 +260,8 @@ def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             print(f"{name:{wide}s}  {reproductions.get(name).summary}")
         return 0
     out = args.out if args.out is not None else Path("results") / args.name
+    reproductions.get(args.name)  # an unknown name is refused before the output is touched
+    _io.check_out_dir(out, "--out")
     report = reproductions.run(args.name, out, quick=args.quick, seeds=args.seeds,
                                progress=False if args.quiet else None, data_dir=args.data_dir)
     failed = [c["check"] for c in report.get("checks", []) if not c["pass"]]
@@ -302,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "theory":
             return _cmd_theory(args)
         return _cmd_reproduce(args, parser)
-    except (ValueError, TypeError, MemoryError, FileNotFoundError) as err:
+    except (ValueError, TypeError, MemoryError, OSError) as err:  # OSError: files, permissions
         print(f"initjax: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,6 +1,7 @@
 """Sweeps (atomic, resumable), saving and loading, the CLI, the plots and the seed-demo smoke test."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -258,3 +259,25 @@ def test_resume_checks_each_entry_against_the_index(tmp_path):
         sweep(configs, seeds=2, out=tmp_path)
     with pytest.raises(TypeError, match=r"unknown propagate arguments \['bogus'\]"):
         sweep(configs, seeds=2, bogus=1)
+
+
+@pytest.mark.parametrize("command", [["propagate", "--depth", "2", "--width", "4"],
+                                     ["reproduce", "selu-fixed-point", "--quick"]])
+def test_cli_refuses_an_out_that_is_a_file_before_any_work(command, tmp_path, capsys, monkeypatch):
+    """--out naming a file (or a path below one) is refused in one line before the computation
+    (it used to surface as a traceback after the whole run)."""
+    import initjax.engine as engine
+    from initjax import reproductions as repro
+
+    def never(*args, **kwargs):
+        raise AssertionError("the computation started")
+
+    monkeypatch.setattr(engine, "propagate", never)
+    monkeypatch.setattr(repro, "run", never)
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for out, match in [(afile, "is a file, not a directory"),
+                       (afile / "below", "its ancestor .* is a file")]:
+        assert main([*command, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(match, err) and err.count("\n") == 1, err
