@@ -102,9 +102,10 @@ def check_out_dir(path: str | os.PathLike, name: str = "out") -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        what = "" if probe == out else f" (its ancestor {str(probe)!r} is a file)"
-        raise ValueError(f"{name} {str(out)!r} cannot be a directory{what}" if what else
-                         f"{name} {str(out)!r} is a file, not a directory")
+        if probe == out:
+            raise ValueError(f"{name} {str(out)!r} is a file, not a directory")
+        raise ValueError(f"{name} {str(out)!r} cannot be a directory (its ancestor "
+                         f"{str(probe)!r} is a file)")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {str(out)!r} cannot be written: {str(probe)!r} is not writable")
     return out

@@ -157,7 +157,8 @@ class NetworkConfig(JSONDescription):
         Raises:
           ValueError: if the network is not a stack of Dense layers sharing one initializer,
             activation, bias initializer and norm, each with forward multiplier 1, or uses a norm
-            this config lacks (``"rms"``); the message names the first such difference.
+            this config lacks (``"rms"``, refused by the config's own check); the message names
+            the first such difference.
         """
         if not isinstance(network, Network):
             raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
@@ -182,7 +183,6 @@ class NetworkConfig(JSONDescription):
                     f"layer {i} has forward multiplier {block.multiplier}; NetworkConfig "
                     "describes layers with multiplier 1"
                 )
-        check_choice("norm", first.norm, NORMS)
         widths = tuple(b.width for b in blocks)
         return cls(
             depth=len(blocks),

@@ -998,8 +998,7 @@ class NetworkModule(nnx.Module):
         self.out_features = (
             None if out_features is None else check_int("out_features", out_features, minimum=1)
         )
-        uses_bn = any(getattr(b, "norm", None) == "batch" or any(
-            layer.norm == "batch" for layer in getattr(b, "branch", ())) for b in network.blocks)
+        uses_bn = "batch" in network.norms
         bn_kwargs = _check_batchnorm_kwargs("batch" if uses_bn else None, batchnorm_kwargs)
         blocks, width = [], network.in_width
         for i, block in enumerate(network.blocks):

@@ -371,16 +371,22 @@ class Network(JSONDescription):
                 width = stage.block.out_width(width)
             except ValueError as err:
                 raise ValueError(f"stages[{i}]: {err}") from None
-        if self.batch < 2 and any(layer.norm == "batch" for layer in self._norm_carriers()):
+        if self.batch < 2 and "batch" in self.norms:
             raise ValueError("batch norm needs batch >= 2 (the batch variance of 1 example is 0)")
 
     # -- derived facts ------------------------------------------------------------------------
-    def _norm_carriers(self) -> list[Any]:
-        out = []
-        for stage in self.stages:
-            out.append(stage.block)
-            out.extend(getattr(stage.block, "branch", ()))
-        return out
+    @property
+    def norms(self) -> frozenset[str]:
+        """Every norm used anywhere: by a Dense layer (branch layers included) or around a block."""
+        carriers = [s.block for s in self.stages] + [layer for s in self.stages
+                                                     for layer in getattr(s.block, "branch", ())]
+        return frozenset(getattr(c, "norm", "none") for c in carriers)
+
+    @property
+    def dense_layers(self) -> tuple[Dense, ...]:
+        """Every Dense layer in order, repeats expanded: a Dense block, or a residual branch's
+        layers."""
+        return tuple(layer for b in self.blocks for layer in getattr(b, "branch", (b,)))
 
     @property
     def depth(self) -> int:

@@ -326,8 +326,7 @@ class TrainConfig:
         """True if any layer of the model uses batch norm."""
         if self.network is None:
             return self.norm == "batch"
-        layers = [x for b in self.network.blocks for x in (b, *getattr(b, "branch", ()))]
-        return any(getattr(x, "norm", None) == "batch" for x in layers)
+        return "batch" in self.network.norms
 
     @property
     def batchnorm_kwargs(self) -> dict[str, Any] | None:

@@ -247,8 +247,7 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
     multipliers = None  # a network description's per-layer learning-rate multipliers
     if cfg.network is not None:
         model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
-        if any(layer.lr_multiplier != 1.0 for b in cfg.network.blocks
-               for layer in getattr(b, "branch", (b,))):
+        if any(layer.lr_multiplier != 1.0 for layer in cfg.network.dense_layers):
             multipliers = model.lr_multipliers()
 
     def optimizer(numbers):
