@@ -16,6 +16,7 @@ loses nothing it had finished.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import itertools
 import json
@@ -24,6 +25,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from initjax import _io
 from initjax.config import NetworkConfig
@@ -165,14 +169,22 @@ def _identity(seeds: int, key: Any, propagate_kwargs: dict[str, Any]) -> dict[st
                         f"{sorted(set(params) - set(_NOT_IDENTITY))}")
     options = {name: p.default for name, p in params.items() if name not in _NOT_IDENTITY}
     options.update(propagate_kwargs)
+    options = {k: _fingerprint(v) if isinstance(v, jax.Array | np.ndarray) else v
+               for k, v in options.items()}
     if isinstance(key, int):
         key_id: Any = key
     else:  # a JAX key: its data and implementation
-        import jax
-
         key_id = {"key_data": jax.random.key_data(key).tolist(),
                   "impl": str(jax.random.key_impl(key))}
     return _io.json_safe({"seeds": seeds, "key": key_id, "options": options})
+
+
+def _fingerprint(array: Any) -> dict[str, Any]:
+    """An array option (``inputs``) as its shape, dtype and a digest of its bytes, not its
+    values: the index stays small, and a different batch is a different run."""
+    a = np.ascontiguousarray(np.asarray(array))
+    return {"shape": list(a.shape), "dtype": a.dtype.name,
+            "sha1": hashlib.sha1(a.tobytes()).hexdigest()}
 
 
 def _groups(configs: Sequence[NetworkConfig], todo: Sequence[int], share: bool) -> list[list[int]]:

@@ -281,3 +281,19 @@ def test_cli_refuses_an_out_that_is_a_file_before_any_work(command, tmp_path, ca
         assert main([*command, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert re.search(match, err) and err.count("\n") == 1, err
+
+
+def test_resume_identity_takes_input_arrays_by_fingerprint(tmp_path):
+    """A sweep over given inputs (a jax array) records them by digest: the index stays small, the
+    same inputs resume, other inputs are another run."""
+    import jax
+    import jax.numpy as jnp
+
+    configs = [BASE.replace(label="a")]
+    x = jax.random.normal(jax.random.key(3), (BASE.batch, BASE.widths[0]))
+    first = sweep(configs, seeds=2, out=tmp_path, inputs=x)
+    _equal(first["a"], sweep(configs, seeds=2, out=tmp_path, inputs=np.asarray(x))["a"])
+    stored = json.loads((tmp_path / "sweep.json").read_text())["identity"]["options"]["inputs"]
+    assert stored["shape"] == list(x.shape) and len(stored["sha1"]) == 40
+    with pytest.raises(ValueError, match="inputs: stored"):
+        sweep(configs, seeds=2, out=tmp_path, inputs=jnp.asarray(x) + 1.0)
