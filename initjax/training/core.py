@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = ["TrainState", "LossFn", "init_state", "make_step", "run_steps", "all_finite",
@@ -166,12 +167,22 @@ def scale_by_multipliers(multipliers: Any) -> optax.GradientTransformation:
     ``eta * multipliers[p]`` (a parametrization's per-layer rule; with Adam it scales the
     normalized update, as muP's Adam rule does).
 
+    Raises:
+      ValueError: a multiplier that is not a finite scalar > 0, naming its path.
+
         >>> tx = optax.chain(optax.sgd(0.1), scale_by_multipliers({"a": 1.0, "b": 10.0}))
         >>> g = {"a": jnp.ones(()), "b": jnp.ones(())}
         >>> u, _ = tx.update(g, tx.init(g))
         >>> round(float(u["a"]), 6), round(float(u["b"]), 6)
         (-0.1, -1.0)
     """
+
+    for path, m in jax.tree_util.tree_leaves_with_path(multipliers):
+        value = np.asarray(m)
+        if value.shape != () or not np.issubdtype(value.dtype, np.number) or not (
+                np.isfinite(value) and value > 0):
+            raise ValueError(f"multiplier {jax.tree_util.keystr(path) or '(root)'} must be a finite "
+                             f"number > 0, got {m!r}")
 
     def init(params: Any) -> optax.EmptyState:
         del params

@@ -190,3 +190,14 @@ def test_arms_in_turn_equal_arms_vmapped():
     np.testing.assert_allclose(got[2, 1], jnp.tanh(x @ w[2, 1]) * 10.0 + noise[1], rtol=1e-5)
     with pytest.raises(ValueError, match="arm_axes must be 0 or None"):
         map_arms_vmap_seeds(member, (1, 0, None, None), (0, None, None, 0))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"a": 0.0}, r"multiplier \['a'\] must be a finite number > 0, got 0.0"),
+    ({"a": float("nan")}, r"\['a'\] must be a finite number > 0"),
+    ({"a": np.ones(2)}, r"\['a'\] must be a finite number > 0, got array"),
+    ({"a": "fast"}, r"\['a'\] must be a finite number > 0, got 'fast'"),
+])
+def test_scale_by_multipliers_refuses_bad_multipliers(bad, match):
+    with pytest.raises(ValueError, match=match):
+        scale_by_multipliers(bad)
