@@ -183,6 +183,12 @@ class NetworkConfig(JSONDescription):
                     f"layer {i} has forward multiplier {block.multiplier}; NetworkConfig "
                     "describes layers with multiplier 1"
                 )
+            for flag in ("preactivation", "weight_standardization"):
+                if getattr(block, flag):
+                    raise ValueError(
+                        f"layer {i} has {flag}=True; NetworkConfig describes plain "
+                        "phi(norm(x W + b)) layers (the block engine runs this network)"
+                    )
         widths = tuple(b.width for b in blocks)
         return cls(
             depth=len(blocks),

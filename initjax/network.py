@@ -61,10 +61,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from initjax import activations as _activations
+from initjax import gains as _gains
 from initjax import initializers as _initializers
 from initjax._checks import check_choice, check_float, check_float_dtype, check_int
 
 __all__ = [
+    "BETAS",
     "BRANCH_SCALES",
     "NORMS",
     "Dense",
@@ -73,6 +75,7 @@ __all__ = [
     "Repeat",
     "Residual",
     "block_from_dict",
+    "fixup",
     "init_spec",
     "register_block",
     "resolve_init",
@@ -81,7 +84,8 @@ __all__ = [
 NORMS = ("none", "batch", "layer", "rms")
 DENSE_NORM_POSITIONS = ("before", "after")
 RESIDUAL_NORM_POSITIONS = ("pre", "post")
-BRANCH_SCALES = ("1/sqrt(depth)",)  # the symbolic branch scales; any finite number is allowed too
+BRANCH_SCALES = ("1/sqrt(depth)",)  # the symbolic branch scales; any finite number >= 0 too
+BETAS = ("none", "expected")
 
 
 def resolve_init(value: Any, field: str) -> Any:
@@ -130,6 +134,11 @@ def _check_buildable_spec(field: str, spec: Any) -> None:
         )
 
 
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+
+
 def _check_fields(cls: type, data: Mapping[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known - {"kind"}
@@ -151,6 +160,14 @@ class Dense:
       norm_eps: epsilon added to the variance inside the norm (>= 0).
       multiplier: forward multiplier on ``x W`` (> 0; muP's readout multiplier, for example).
       lr_multiplier: the factor on this layer's learning rate (> 0).
+      preactivation: the activation (and norm) come first, as in a pre-activation residual branch
+        (He et al. 2016, ResNet v2): ``multiplier * phi(norm(x)) W + b`` (``"before"``) or
+        ``multiplier * norm(phi(x)) W + b`` (``"after"``).
+      weight_standardization: use Brock et al.'s scaled weight standardization
+        ``W_hat[:, j] = g_j (W[:, j] - mean_j) / (std_j sqrt(n_in))`` (mean and std over the
+        fan-in of unit j, the gain ``g_j`` starting at 1; NF-ResNets, arXiv 2101.08692) in place
+        of ``W``: every unit's fan-in weights have mean 0 and squared norm 1, whatever ``init``
+        drew.
     """
 
     kind: ClassVar[str] = "dense"
@@ -164,6 +181,8 @@ class Dense:
     norm_eps: float = 1e-5
     multiplier: float = 1.0
     lr_multiplier: float = 1.0
+    preactivation: bool = False
+    weight_standardization: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: canonicalize once here
@@ -177,6 +196,8 @@ class Dense:
         set_(self, "multiplier", check_float("multiplier", self.multiplier, minimum=0.0, strict_minimum=True))
         set_(self, "lr_multiplier",
              check_float("lr_multiplier", self.lr_multiplier, minimum=0.0, strict_minimum=True))
+        _check_bool("preactivation", self.preactivation)
+        _check_bool("weight_standardization", self.weight_standardization)
 
     def out_width(self, in_width: int) -> int:
         return self.width
@@ -193,6 +214,8 @@ class Dense:
             "norm_eps": self.norm_eps,
             "multiplier": self.multiplier,
             "lr_multiplier": self.lr_multiplier,
+            "preactivation": self.preactivation,
+            "weight_standardization": self.weight_standardization,
         }
 
     @classmethod
@@ -210,12 +233,19 @@ class Residual:
     Attributes:
       branch: the branch's Dense layers (at least one; the last one's width must equal the
         stream width, so the add is defined).
-      alpha: the branch scale: a finite number or ``"1/sqrt(depth)"``.
+      alpha: the branch scale: a finite number >= 0 or ``"1/sqrt(depth)"``.
       learnable: alpha is a trained scalar that starts at ``alpha`` (SkipInit / ReZero: 0).
       norm: one of :data:`NORMS`, applied to the branch input (``"pre"``) or to the sum
         (``"post"``).
       norm_position: ``"pre"`` or ``"post"``.
       norm_eps: epsilon added to the variance inside the norm (>= 0).
+      beta: ``"none"``, or ``"expected"`` for NF-ResNets' ``x + alpha * branch(x / beta_l)``
+        with ``beta_l`` the stream's expected standard deviation before the block, computed
+        analytically (:meth:`Network.expected_stream_variance`), not measured.
+      scalar_biases: Fixup's scalars (Zhang et al. 2019): a trained scalar bias (starting at 0)
+        before every branch layer and activation and a trained scalar multiplier (starting at 1)
+        on the branch. At initialization they change nothing; the trainer and the Flax modules
+        train them. See :func:`fixup`.
     """
 
     kind: ClassVar[str] = "residual"
@@ -226,6 +256,8 @@ class Residual:
     norm: str = "none"
     norm_position: str = "pre"
     norm_eps: float = 1e-5
+    beta: str = "none"
+    scalar_biases: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -241,12 +273,13 @@ class Residual:
         if isinstance(self.alpha, str):
             check_choice("alpha", self.alpha, BRANCH_SCALES)
         else:
-            set_(self, "alpha", check_float("alpha", self.alpha))
-        if not isinstance(self.learnable, bool):
-            raise TypeError(f"learnable must be a bool, got {self.learnable!r}")
+            set_(self, "alpha", check_float("alpha", self.alpha, minimum=0.0))
+        _check_bool("learnable", self.learnable)
         check_choice("norm", self.norm, NORMS)
         check_choice("norm_position", self.norm_position, RESIDUAL_NORM_POSITIONS)
         set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
+        check_choice("beta", self.beta, BETAS)
+        _check_bool("scalar_biases", self.scalar_biases)
 
     def out_width(self, in_width: int) -> int:
         if self.branch[-1].width != in_width:
@@ -265,6 +298,8 @@ class Residual:
             "norm": self.norm,
             "norm_position": self.norm_position,
             "norm_eps": self.norm_eps,
+            "beta": self.beta,
+            "scalar_biases": self.scalar_biases,
         }
 
     @classmethod
@@ -417,10 +452,23 @@ class Network(JSONDescription):
             return 1.0 / math.sqrt(max(self.residual_depth, 1))
         return float(block.alpha)
 
+    def expected_stream_variance(self) -> tuple[float, ...]:
+        """Per block (``len == depth``), the stream's expected variance before it, as NF-ResNets
+        compute ``beta_l^2`` analytically (Brock et al. 2021): a run of consecutive residual
+        blocks starts at ``v`` (the network's ``input_variance`` at the input, else 1: any other
+        block is taken to output unit variance) and each of its blocks adds ``alpha^2`` (its
+        branch, fed ``x / beta``, is taken to output unit variance)."""
+        out, v = [], float(self.input_variance)
+        for block in self.blocks:
+            out.append(v)
+            v = v + self.branch_scale(block) ** 2 if isinstance(block, Residual) else 1.0
+        return tuple(out)
+
     @property
     def is_plain(self) -> bool:
         """True for a plain stack of Dense layers (no residual or other blocks)."""
-        return all(isinstance(stage.block, Dense) for stage in self.stages)
+        return all(isinstance(stage.block, Dense) and not stage.block.preactivation
+                   and not stage.block.weight_standardization for stage in self.stages)
 
     @property
     def name(self) -> str:
@@ -484,3 +532,57 @@ class Network(JSONDescription):
         data = dict(data)
         data["stages"] = tuple(Repeat.from_dict(s) for s in data.get("stages", ()))
         return cls(**data)
+
+
+def fixup(network: Network, base_init: Any = "he_normal") -> Network:
+    """Fixup initialization (Zhang, Dauphin & Ma 2019, https://arxiv.org/abs/1901.09321).
+
+    For every residual block of ``network`` (``L`` of them, branches of ``m`` layers):
+
+    1. the last branch layer is zero-initialized;
+    2. the other branch layers use ``base_init`` (He) with the std multiplied by ``L^(-1/(2m-2))``
+       (so ``he_normal`` gets ``gain = sqrt(2) L^(-1/(2m-2))``);
+    3. the block gets Fixup's scalar biases and multiplier (``scalar_biases=True``).
+
+    The classifier's zero init is the readout's business (``modules.build(readout_init="zeros")``).
+
+    >>> net = Network(64, (Repeat(Residual((Dense(64, preactivation=True, activation="relu"),
+    ...     Dense(64, preactivation=True, activation="relu"))), 16),))
+    >>> first, last = fixup(net).stages[0].block.branch  # sqrt(2) * 16^(-1/2)
+    >>> round(first.init.kwargs["gain"], 6), init_spec(last.init)
+    (0.353553, 'zeros')
+
+    Raises:
+      ValueError: if ``network`` has no residual block, or a branch of one layer (the scale
+        ``L^(-1/(2m-2))`` needs ``m >= 2``), or ``base_init`` is not a He initializer.
+    """
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+    depth = network.residual_depth
+    if depth == 0:
+        raise ValueError("Fixup needs residual blocks; this network has none (it is "
+                         f"{network.name!r})")
+    base = resolve_init(base_init, "base_init")
+    if getattr(base, "name", None) not in ("he_normal", "he_uniform"):
+        raise ValueError(f"Fixup scales a He initializer; base_init must be 'he_normal' or "
+                         f"'he_uniform', got {init_spec(base)!r}")
+    stages = []
+    for i, stage in enumerate(network.stages):
+        block = stage.block
+        if isinstance(block, Residual):
+            m = len(block.branch)
+            if m < 2:
+                raise ValueError(f"stages[{i}]: Fixup scales branches of m >= 2 layers by "
+                                 f"L^(-1/(2m-2)); this branch has m = {m}")
+            scale = depth ** (-1.0 / (2 * m - 2))
+            branch = []
+            for layer in block.branch[:-1]:
+                gain = base.kwargs["gain"]
+                if gain is None:
+                    gain = _gains.calculate_gain(base.kwargs["nonlinearity"], base.kwargs["param"])
+                init = _initializers.get(base.name, **{**base.kwargs, "gain": gain * scale})
+                branch.append(dataclasses.replace(layer, init=init))
+            branch.append(dataclasses.replace(block.branch[-1], init="zeros"))
+            block = dataclasses.replace(block, branch=tuple(branch), scalar_biases=True)
+        stages.append(Repeat(block, stage.count))
+    return network.replace(stages=tuple(stages))
