@@ -4,6 +4,9 @@
     initjax propagate --init he_normal --activation relu --depth 10 --width 1024 --seeds 8
     initjax propagate --init normal:stddev=0.01 --activation tanh --depth 10 --width 4096 --json
     initjax theory --activation tanh --sigma-w2 1.76 --sigma-b2 0.05 --depth 10 --json
+    initjax propagate --arch residual --depth 100 --width 1024 --batch 16 --seeds 8 --init he_normal
+                      --activation relu --branch-scale 1/sqrt(depth) --branch-layers 2 --norm layer --json
+    initjax theory --arch residual --depth 100 --width 1024 --init he_normal --activation relu --json
     initjax reproduce seed-demo --out results/seed-demo
     initjax reproduce --list
 
@@ -54,9 +57,58 @@ def _width(text: str) -> int | tuple[int, ...]:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def _add_arch_flags(p: argparse.ArgumentParser) -> None:
+    """``--arch`` and the residual flags shared by ``propagate`` and ``theory``."""
+    p.add_argument("--arch", choices=("mlp", "residual"), default="mlp",
+                   help="mlp: a plain stack of layers; residual: --depth pre-activation residual blocks")
+    p.add_argument("--branch-scale", default="1",
+                   help="residual: the branch scale A, a number >= 0 or 1/sqrt(depth) (default 1)")
+    p.add_argument("--branch-layers", type=int, default=1, help="residual: weight layers per branch, 1 or 2")
+    p.add_argument("--norm-position", choices=("pre", "post"), default="pre",
+                   help="residual: norm inside the branch (pre) or after the add (post)")
+
+
+def _branch_scale(text: str) -> float | str:
+    from initjax.network import BRANCH_SCALES
+
+    if text in BRANCH_SCALES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):  # NaN fails every comparison
+        raise ValueError(f"--branch-scale must be a finite number >= 0 or one of {', '.join(BRANCH_SCALES)}; "
+                         f"got {text!r}")
+    return value
+
+
+def _residual_network(args: argparse.Namespace):
+    """The ``--arch residual`` network: ``Network.residual_mlp`` of the flags (input N(0, 1) of
+    width ``--width``; ``--depth`` blocks)."""
+    from initjax.network import Network
+
+    width = args.width
+    if not isinstance(width, int):
+        raise ValueError(f"--arch residual takes one --width (the stream's), got {width!r}")
+    return Network.residual_mlp(
+        args.depth, width, init=args.init, activation=args.activation or "relu",
+        branch_scale=_branch_scale(args.branch_scale), branch_layers=args.branch_layers,
+        norm=args.norm, norm_position=args.norm_position, batch=args.batch,
+    )
+
+
+def _check_mlp_flags(args: argparse.Namespace) -> None:
+    """Residual-only flags given without ``--arch residual`` are refused, not ignored."""
+    for flag, default in (("branch_scale", "1"), ("branch_layers", 1), ("norm_position", "pre")):
+        if getattr(args, flag) != default:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --arch residual only")
+
+
 def _parser() -> argparse.ArgumentParser:
-    from initjax.config import NORMS, PLACEMENTS
+    from initjax.config import PLACEMENTS
     from initjax.engine import COTANGENTS
+    from initjax.network import NORMS as NETWORK_NORMS
 
     parser = argparse.ArgumentParser(
         prog="initjax",
@@ -67,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list initializers, activations and reproductions")
 
     p = sub.add_parser("propagate", help="per-layer statistics of sampled networks")
+    _add_arch_flags(p)
     p.add_argument("--init", default="lecun_normal", help="initializer spec, e.g. he_normal or normal:stddev=0.01")
     p.add_argument("--activation", default="tanh", help="activation spec, e.g. relu or leaky_relu:negative_slope=0.1")
     p.add_argument("--bias-init", default="zeros", help="bias initializer spec (default zeros)")
@@ -76,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="examples per batch (default 16)")
     p.add_argument("--seeds", type=int, default=4, help="independent networks (default 4)")
     p.add_argument("--key", type=int, default=0, help="base PRNG seed (default 0)")
-    p.add_argument("--norm", choices=NORMS, default="none", help="per-layer normalization")
+    p.add_argument("--norm", choices=NETWORK_NORMS, default="none",
+                   help="normalization: per layer (mlp; none, batch, layer) or per block (residual; also rms)")
     p.add_argument("--placement", choices=PLACEMENTS, default="before", help="norm before or after the activation")
     p.add_argument("--input-variance", type=float, default=1.0)
     p.add_argument("--input-correlation", type=float, default=0.0)
@@ -96,8 +150,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="add the mean-field prediction (table columns, JSON keys *_pred, dashed curves)")
 
     t = sub.add_parser("theory", help="mean-field predictions: q*, c*, chi_1, depth scales, per-layer q")
-    t.add_argument("--activation", default="tanh", help="activation spec")
-    t.add_argument("--sigma-w2", type=float, required=True, help="weight variance times fan-in")
+    _add_arch_flags(t)
+    t.add_argument("--activation", default=None, help="activation spec (default tanh; relu for --arch residual)")
+    t.add_argument("--sigma-w2", type=float, default=None,
+                   help="weight variance times fan-in (required for --arch mlp)")
+    t.add_argument("--init", default="he_normal", help="--arch residual: weight initializer spec")
+    t.add_argument("--width", type=int, default=1024, help="--arch residual: stream width")
+    t.add_argument("--batch", type=int, default=16, help="--arch residual: examples (batch norm's batch)")
+    t.add_argument("--seeds", type=int, default=None, help="accepted for symmetry with propagate; unused")
+    t.add_argument("--norm", choices=NETWORK_NORMS, default="none", help="--arch residual: block norm")
     t.add_argument("--sigma-b2", type=float, default=0.0, help="bias variance")
     t.add_argument("--depth", type=int, default=10, help="layers of the per-layer q iterates")
     t.add_argument("--q0", type=float, default=1.0, help="mean square of the input coordinates")
@@ -156,6 +217,9 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _io.check_out_dir(args.out, "--out")
+    if args.arch == "residual":
+        return _propagate_residual(args)
+    _check_mlp_flags(args)
     config = NetworkConfig(
         depth=args.depth,
         width=args.width,
@@ -217,9 +281,102 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _propagate_residual(args: argparse.Namespace) -> int:
+    """``initjax propagate --arch residual``: per-block statistics (the block engine)."""
+    from initjax import _io, plotting
+    from initjax.engine import NonFiniteWarning, propagate
+
+    for flag, default in (("in_width", None), ("bias_init", "zeros"), ("input_variance", 1.0),
+                          ("input_correlation", 0.0), ("bins", 40), ("method", "dense"),
+                          ("devices", None), ("placement", "before")):
+        if getattr(args, flag) != default:
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to --arch residual")
+    network = _residual_network(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        result = propagate(network, args.seeds, args.key, cotangent=args.cotangent,
+                           progress=False if args.quiet else None, memory_budget=args.memory_budget,
+                           prng_impl=args.prng_impl)
+    for w in caught:
+        print(f"initjax: warning: {w.message}", file=sys.stderr)
+    prediction = None
+    if args.theory:
+        from initjax import theory
+
+        prediction = theory.predict(network)
+    payload = result.to_json_dict()
+    if prediction is not None:
+        for row, pred in zip(payload["layers"], prediction.layer_table(), strict=True):
+            for name in ("q", "branch_var", "cosine", "grad_var"):
+                row[name + "_pred"] = pred[name]
+    if args.json:
+        print(json.dumps(_io.json_safe(payload)))
+    else:
+        print(_format_block_table(result, payload))
+    if args.out is not None:
+        result.save(args.out)
+        _io.write_json(args.out / "layers.json", payload)
+        fig = plotting.new_figure(10.0, 4.0)
+        a, b = fig.subplots(1, 2)
+        plotting.variance_curves(result, "act_second_moment", ax=a,
+                                 theory=None if prediction is None else [prediction.q])
+        plotting.variance_curves(result, "grad_second_moment", ax=b,
+                                 theory=None if prediction is None else [prediction.grad])
+        _io.save_figure(fig, args.out / "variance")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+_BLOCK_COLUMNS = (("act_var", "Var[x]"), ("act_sq_mean", "chan mean^2"), ("branch_var", "Var[A f]"),
+                  ("branch_share", "share"), ("cosine", "cos"), ("grad_var", "Var[dL/dx]"))
+
+
+def _format_block_table(result, payload) -> str:
+    header = f"{'block':>5} " + " ".join(f"{title:>19}" for _, title in _BLOCK_COLUMNS) + f" {'nonfinite':>9}"
+    lines = [f"{result.network.name}: {result.seeds} seeds, mean +- sd over seeds", header]
+    for row in payload["layers"]:
+        cells = [f"{row[n]:>10.3g} +-{row[n + '_sd']:<7.2g}" for n, _ in _BLOCK_COLUMNS]
+        lines.append(f"{row['block']:>5} " + " ".join(cells) + f" {row['nonfinite']:>9d}")
+        if "q_pred" in row:
+            lines.append(f"{'pred':>5} {row['q_pred']:>10.3g} (q)  branch {row['branch_var_pred']:.3g}  "
+                         f"cos {row['cosine_pred']:.3g}  grad {row['grad_var_pred']:.3g}")
+    return "\n".join(lines)
+
+
+def _theory_residual(args: argparse.Namespace) -> int:
+    """``initjax theory --arch residual``: the per-block mean-field prediction."""
+    from initjax import _io, theory
+
+    if args.sigma_w2 is not None:
+        raise ValueError("--sigma-w2 does not apply to --arch residual: the weights' variance comes "
+                         "from --init and --width")
+    network = _residual_network(args)
+    prediction = theory.predict(network)
+    out = {"network": network.to_dict(), "layers": prediction.layer_table()}
+    if args.json:
+        print(json.dumps(_io.json_safe(out)))
+        return 0
+    print(f"{network.name}: mean-field prediction per block")
+    print(f"{'block':>5} {'q':>12} {'branch_var':>12} {'share':>8} {'cosine':>8} {'grad_var':>12}")
+    for row in out["layers"]:
+        print(f"{row['block']:>5} {row['q']:>12.4g} {row['branch_var']:>12.4g} {row['branch_share']:>8.3g} "
+              f"{row['cosine']:>8.3g} {row['grad_var']:>12.4g}")
+    return 0
+
+
 def _cmd_theory(args: argparse.Namespace) -> int:
     from initjax import _io, theory
     from initjax._checks import check_float, check_int
+
+    if args.arch == "residual":
+        return _theory_residual(args)
+    _check_mlp_flags(args)
+    for flag, default in (("init", "he_normal"), ("width", 1024), ("batch", 16), ("norm", "none")):
+        if getattr(args, flag) != default:
+            raise ValueError(f"--{flag} applies to --arch residual only (--arch mlp takes --sigma-w2)")
+    if args.sigma_w2 is None:
+        raise ValueError("--arch mlp needs --sigma-w2 (the weight variance times the fan-in)")
+    args.activation = args.activation or "tanh"
 
     check_float("--sigma-w2", args.sigma_w2, minimum=0.0)
     check_float("--sigma-b2", args.sigma_b2, minimum=0.0)

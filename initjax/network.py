@@ -418,6 +418,13 @@ class Network(JSONDescription):
         return frozenset(getattr(c, "norm", "none") for c in carriers)
 
     @property
+    def jnp_dtype(self) -> Any:
+        """The dtype as a jax.numpy dtype."""
+        import jax.numpy as jnp
+
+        return jnp.dtype(self.dtype)
+
+    @property
     def dense_layers(self) -> tuple[Dense, ...]:
         """Every Dense layer in order, repeats expanded: a Dense block, or a residual branch's
         layers."""
@@ -509,6 +516,54 @@ class Network(JSONDescription):
         else:
             stages = (Repeat(layer, 1), Repeat(layer, depth - 1))
         return cls(n0, stages, **network_fields)
+
+    @classmethod
+    def residual_mlp(
+        cls,
+        depth: int,
+        width: int,
+        *,
+        init: Any = "he_normal",
+        activation: Any = "relu",
+        branch_scale: float | str = 1.0,
+        branch_layers: int = 1,
+        norm: str = "none",
+        norm_position: str = "pre",
+        learnable: bool = False,
+        bias_init: Any = "zeros",
+        norm_eps: float = 1e-5,
+        **network_fields: Any,
+    ) -> Network:
+        """``depth`` pre-activation residual blocks on a stream of ``width`` units (the input is
+        the stream: ``in_width = width``), as ``initjax propagate --arch residual`` builds them::
+
+            branch_layers=1:  x + A W phi(x)          (norm "none")
+                              x + A W phi(norm(x))    (norm_position "pre")
+                              norm(x + A W phi(x))    (norm_position "post")
+            branch_layers=2:  phi(norm?(W1 ...)) before W, e.g. pre: x + A W phi(norm(W1 phi(norm(x))))
+
+        (``norm?``: the norm, if any, in both positions). ``A`` is ``branch_scale`` (a number
+        >= 0 or ``"1/sqrt(depth)"``; ``learnable=True`` trains it from that value: SkipInit with
+        ``A = 0``).
+
+        >>> net = Network.residual_mlp(100, 256, branch_scale="1/sqrt(depth)", norm="layer")
+        >>> net.depth, net.branch_scale(net.stages[0].block), net.stages[0].block.norm_position
+        (100, 0.1, 'pre')
+
+        Raises:
+          ValueError: for ``branch_layers`` other than 1 or 2, or any invalid field (named).
+        """
+        depth = check_int("depth", depth, minimum=1)
+        branch_layers = check_choice("branch_layers", branch_layers, (1, 2))
+        check_choice("norm", norm, NORMS)
+        first = Dense(width, init, activation, bias_init, preactivation=True, norm_eps=norm_eps)
+        layers = [first]
+        if branch_layers == 2:
+            layers.append(Dense(width, init, activation, bias_init, norm=norm, norm_position="before",
+                                norm_eps=norm_eps, preactivation=True))
+        block = Residual(tuple(layers), alpha=branch_scale, learnable=learnable, norm=norm,
+                         norm_position=norm_position, norm_eps=norm_eps)
+        return cls(width, (Repeat(block, depth),), **network_fields)
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ One concept per module; this package re-exports what a researcher imports:
 * :mod:`~initjax.engine.sampling`: the network and its keys (:func:`seed_keys`);
 * :mod:`~initjax.engine.dense`, :mod:`~initjax.engine.fast`: the two samplers, one protocol
   (:class:`Sampler`);
-* :mod:`~initjax.engine.executor`: chunks, lanes, devices and the memory budget.
+* :mod:`~initjax.engine.executor`: chunks, lanes, devices and the memory budget;
+* :mod:`~initjax.engine.blocks`: residual networks, per block (:func:`propagate_blocks`).
 
 >>> from initjax.engine import propagate
 >>> from initjax import NetworkConfig
@@ -16,6 +17,9 @@ One concept per module; this package re-exports what a researcher imports:
 (2, 3)
 """
 
+from initjax.engine.blocks import BlockPropagation as BlockPropagation
+from initjax.engine.blocks import BlockStats as BlockStats
+from initjax.engine.blocks import propagate_blocks as propagate_blocks
 from initjax.engine.executor import default_lanes as default_lanes
 from initjax.engine.propagation import COTANGENTS as COTANGENTS
 from initjax.engine.propagation import METHODS as METHODS
@@ -36,6 +40,8 @@ from initjax.engine.stats import histogram as histogram
 from initjax.engine.stats import measure_layers as measure_layers
 
 __all__ = [
+    "BlockPropagation",
+    "BlockStats",
     "COTANGENTS",
     "METHODS",
     "PRNG_IMPLS",
@@ -50,6 +56,7 @@ __all__ = [
     "histogram",
     "measure_layers",
     "propagate",
+    "propagate_blocks",
     "propagate_shared",
     "seed_keys",
     "shareable",

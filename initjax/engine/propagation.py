@@ -40,6 +40,7 @@ import numpy as np
 from initjax import _io
 from initjax._checks import check_choice, check_float, check_int
 from initjax.config import NetworkConfig, as_config
+from initjax.engine.blocks import BlockPropagation, propagate_blocks
 from initjax.engine.dense import estimate_memory
 from initjax.engine.executor import SAMPLERS, default_lanes, plan_chunks, run_chunks, run_unjitted
 from initjax.engine.sampling import (
@@ -53,6 +54,7 @@ from initjax.engine.sampling import (
     split_seed_key,
 )
 from initjax.engine.stats import LayerStats, MeasureOptions, check_range, histogram_edges
+from initjax.network import Network
 
 __all__ = [
     "COTANGENTS",
@@ -243,7 +245,7 @@ def propagate(
     seed_offset: int = 0,
     devices: int | str | None = None,
     method: str = "dense",
-) -> Propagation:
+) -> Propagation | BlockPropagation:
     """Measure per-layer activation and gradient statistics of ``seeds`` sampled networks.
 
     >>> result = propagate(NetworkConfig(depth=3, width=16, batch=4, activation="tanh"), seeds=2)
@@ -251,8 +253,12 @@ def propagate(
     (2, 3)
 
     Args:
-      config: the network: a :class:`~initjax.config.NetworkConfig` or a plain
-        :class:`~initjax.network.Network` (Dense layers; residual blocks: issue 14).
+      config: the network: a :class:`~initjax.config.NetworkConfig` or a
+        :class:`~initjax.network.Network`. A network with residual blocks (or preactivation or
+        weight-standardized layers) runs on the block engine
+        (:func:`initjax.engine.blocks.propagate_blocks`) and returns its
+        :class:`~initjax.engine.blocks.BlockPropagation` (per-block stream and branch statistics);
+        the histogram options, ``method`` and ``devices`` must keep their defaults there.
       seeds: number of independent networks (>= 1); seed s draws from ``fold_in(key, s)``.
       key: an int seed or a JAX PRNG key.
       inputs: optional input batch, ``(batch, in_width)`` shared by all seeds or
@@ -287,13 +293,45 @@ def propagate(
         current jax and is refused with that explanation.
 
     Returns:
-      :class:`Propagation` with :class:`LayerStats` as numpy arrays of axes ``(seed, layer, ...)``.
+      :class:`Propagation` with :class:`LayerStats` as numpy arrays of axes ``(seed, layer, ...)``
+      (a :class:`~initjax.engine.blocks.BlockPropagation` for a residual network).
 
     Raises:
       ValueError / TypeError: for bad arguments; the message names the value and what is allowed.
     """
     args = dict(locals())  # first statement: exactly the arguments, by name
+    if isinstance(config, Network) and not config.is_plain:
+        return _propagate_blocks(args)
     return _propagate((args.pop("config"),), args, shared=False)[0]
+
+
+# propagate's options that the block engine measures no differently: anything else must keep its
+# default for a residual network (histograms and the fast sampler are plain-MLP features)
+_BLOCK_OPTIONS = ("seeds", "key", "inputs", "cotangent", "chunk_size", "memory_budget", "remat", "jit",
+                  "prng_impl", "progress", "seed_offset")
+
+
+def _propagate_blocks(args: dict[str, Any]) -> BlockPropagation:
+    """:func:`propagate` of a network with residual (or other non-Dense) blocks: the block engine."""
+    defaults = inspect.signature(propagate).parameters
+    for name, value in args.items():
+        if name == "config" or name in _BLOCK_OPTIONS:
+            continue
+        default = defaults[name].default
+        if not (value is default or (type(value) is type(default) and value == default)):
+            raise ValueError(
+                f"{name}={value!r} does not apply to a network with residual blocks: the block engine "
+                f"(initjax.engine.blocks) measures per-block moments without histograms on the dense "
+                f"path; leave {name} at its default {default!r}"
+            )
+    result = propagate_blocks(args["config"], **{k: args[k] for k in _BLOCK_OPTIONS})
+    bad = result.nonfinite_blocks
+    if bad:
+        warnings.warn(
+            f"{result.network.name}: overflow in blocks {bad}: non-finite values (statistics there "
+            "use the finite entries only; see BlockStats.nonfinite / grad_nonfinite) or second "
+            "moments beyond float32 (reported as inf)", NonFiniteWarning, stacklevel=3)
+    return result
 
 
 def shareable(configs: Sequence[NetworkConfig]) -> bool:
