@@ -31,9 +31,10 @@ import numpy as np
 
 from initjax import _io
 from initjax.config import NetworkConfig
-from initjax.engine import Propagation, propagate, propagate_shared, shareable
+from initjax.engine import BlockPropagation, Propagation, propagate, propagate_shared, shareable
 from initjax.engine.propagation import check_configs
 from initjax.engine.propagation import propagate as engine_propagate
+from initjax.network import Network
 
 __all__ = ["grid", "sweep", "Sweep"]
 
@@ -74,7 +75,7 @@ def _short(value: Any) -> str:
 class Sweep:
     """Results of a sweep, in config order; index by position or by label."""
 
-    results: tuple[Propagation, ...]
+    results: tuple[Propagation | BlockPropagation, ...]
 
     @property
     def labels(self) -> list[str]:
@@ -112,7 +113,7 @@ class Sweep:
         missing = [e["dir"] for e in index["entries"] if e["status"] != "done"]
         if missing:
             raise ValueError(f"sweep in {d} is incomplete: entries {missing} are not done")
-        return cls(tuple(Propagation.load(d / e["dir"]) for e in index["entries"]))
+        return cls(tuple(_load_entry(d / e["dir"]) for e in index["entries"]))
 
 
 def _write_index(d: Path, configs: Sequence[NetworkConfig], done: set[int], extra: dict | None = None) -> None:
@@ -187,12 +188,38 @@ def _fingerprint(array: Any) -> dict[str, Any]:
             "sha1": hashlib.sha1(a.tobytes()).hexdigest()}
 
 
-def _groups(configs: Sequence[NetworkConfig], todo: Sequence[int], share: bool) -> list[list[int]]:
+def _descriptions(configs: Iterable[Any]) -> list[NetworkConfig | Network]:
+    """The sweep's networks: configs and plain Networks as :class:`NetworkConfig` (the engine's
+    plain path), Networks with residual blocks as they are (the block engine)."""
+    configs = list(configs)
+    if not configs:
+        raise ValueError("sweep needs at least one config, got none")
+    plain = [i for i, c in enumerate(configs) if not (isinstance(c, Network) and not c.is_plain)]
+    as_configs = check_configs([configs[i] for i in plain], "sweep") if plain else ()
+    for i, c in zip(plain, as_configs, strict=True):
+        configs[i] = c
+    return configs
+
+
+def _load_entry(directory: Path) -> Propagation | BlockPropagation:
+    """A saved entry: a plain network's :class:`Propagation` (``config.json``) or a residual
+    network's :class:`BlockPropagation` (``network.json``)."""
+    if (directory / "network.json").exists():
+        return BlockPropagation.load(directory)
+    return Propagation.load(directory)
+
+
+def _groups(configs: Sequence[Any], todo: Sequence[int], share: bool) -> list[list[int]]:
     """Indices of ``todo`` grouped so each group can share weight draws (same shapes and input,
-    Gaussian inits); without ``share``, one config per group."""
+    Gaussian inits); without ``share``, one config per group. Residual networks run alone."""
     groups: list[list[int]] = []
     for i in todo:
+        if isinstance(configs[i], Network):
+            groups.append([i])
+            continue
         for g in groups if share else ():
+            if isinstance(configs[g[0]], Network):
+                continue
             if shareable([configs[g[0]], configs[i]]):
                 g.append(i)
                 break
@@ -214,7 +241,9 @@ def sweep(
     """Run :func:`~initjax.propagate` for every config, with the same seeds and key.
 
     Args:
-      configs: the configs (e.g. from :func:`grid`).
+      configs: the configs (e.g. from :func:`grid`), or :class:`~initjax.network.Network`
+        descriptions; one with residual blocks is measured per block by the block engine (its
+        result is a :class:`~initjax.engine.BlockPropagation`, saved with its ``network.json``).
       seeds, key: as in :func:`~initjax.propagate`; every config sees the same seed indices.
       out: a directory: each finished config is written at once and the sweep resumes from it.
       quiet: no progress bar (it is shown only on a terminal in any case).
@@ -225,7 +254,7 @@ def sweep(
         float32 rounding where configs equal up to scale share one traced body).
       **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, devices...).
     """
-    configs = list(check_configs(configs, "sweep"))
+    configs = _descriptions(configs)
     d = Path(out) if out is not None else None
     results: list[Propagation | None] = [None] * len(configs)
     done: set[int] = set()
@@ -236,7 +265,7 @@ def sweep(
             _check_same_run(d, index.get("identity"), identity)
             for i, e in enumerate(index["entries"]):
                 if i < len(configs) and e["status"] == "done" and e["config"] == configs[i].to_dict():
-                    loaded = Propagation.load(d / f"{i:03d}")
+                    loaded = _load_entry(d / f"{i:03d}")
                     if loaded.config != configs[i]:
                         raise ValueError(
                             f"{d / f'{i:03d}' / 'config.json'} holds {loaded.config.name!r} but "
