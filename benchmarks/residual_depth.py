@@ -31,8 +31,8 @@ def main() -> None:
     a = p.parse_args()
     import jax
     import numpy as np
-
     from _machine import MachineLoad
+
     from initjax import NetworkConfig, propagate
     from initjax.engine.blocks import _program, propagate_blocks
     from initjax.engine.executor import default_lanes

@@ -29,6 +29,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
     "NetworkModule",
     "DenseLayer",
     "ResidualBlock",
+    "scaled_weight_standardization",
 ]
 
 MOMENTUM_CONVENTIONS = ("flax", "pytorch")
@@ -910,62 +912,212 @@ def _norm_of(norm: str, width: int, eps: float, bn_kwargs: Mapping[str, Any], pa
     return nnx.RMSNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs)
 
 
+# Brock et al.'s floor on var * fan_in in scaled weight standardization (deepmind-research
+# nfnets/base.py, WSConv2D: ``rsqrt(max(var * fan_in, 1e-4))``): a unit whose fan-in weights are
+# (nearly) constant, e.g. Fixup's zero-initialized layer, gets a finite weight instead of 0/0.
+WS_VAR_FLOOR = 1e-4
+
+# A Dense layer's own parameters: they follow its lr_multiplier (norms inside it do not).
+_LAYER_OWN_PARAMS = ("kernel", "bias", "gain", "bias_linear", "bias_act")
+
+
+def scaled_weight_standardization(kernel: Array, gain: Array) -> Array:
+    """Brock et al.'s scaled weight standardization of a Flax kernel ``(..., n_out)``::
+
+        W_hat[..., j] = g_j (W[..., j] - mean_j) / sqrt(max(var_j * N, 1e-4))
+
+    with ``mean_j`` and ``var_j`` (biased, ``ddof=0``) over the ``N`` fan-in weights of unit
+    ``j`` (every axis but the last: ``N = n_in`` for a Dense kernel ``(n_in, n_out)``, ``n_in x
+    receptive field`` for a convolution). Above the floor every unit's fan-in weights have mean 0
+    and squared norm ``g_j^2``, so with ``g = 1`` an input of i.i.d. unit-variance coordinates
+    gives unit-variance pre-activations. The floor ``1e-4`` on ``var_j * N`` is
+    deepmind-research ``nfnets/base.py``'s (``WSConv2D``); it keeps a constant column (a
+    zero-initialized layer, Fixup's) finite: it becomes 0. Computed in at least float32, returned
+    in the kernel's dtype.
+
+    Args:
+      kernel: weights with the output units on the last axis, rank >= 2.
+      gain: per-unit gains, shape ``(n_out,)``.
+
+    Raises:
+      ValueError: a kernel of rank < 2 or a gain whose shape is not ``(n_out,)``.
+
+    References:
+      Brock, De & Smith 2021, "Characterizing signal propagation to close the performance gap in
+      unnormalized ResNets", Section 4, https://arxiv.org/abs/2101.08692 (after Qiao et al. 2019,
+      "Weight Standardization", https://arxiv.org/abs/1903.10520).
+    """
+    kernel, gain = jnp.asarray(kernel), jnp.asarray(gain)
+    if kernel.ndim < 2:
+        raise ValueError(f"weight standardization needs a kernel (..., n_in, n_out) of rank >= 2, "
+                         f"got shape {kernel.shape}")
+    if gain.shape != kernel.shape[-1:]:
+        raise ValueError(f"the gain must have shape {kernel.shape[-1:]} (one per output unit of "
+                         f"a kernel {kernel.shape}), got {gain.shape}")
+    dtype = jnp.promote_types(kernel.dtype, jnp.float32)
+    w = kernel.astype(dtype)
+    fan_in = math.prod(w.shape[:-1])
+    axes = tuple(range(w.ndim - 1))
+    mean = jnp.mean(w, axis=axes, keepdims=True)
+    var = jnp.var(w, axis=axes, keepdims=True)
+    g = gain.astype(dtype).reshape(_broadcast_shape(w.ndim, w.ndim - 1, w.shape[-1]))
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, WS_VAR_FLOOR)) * g
+    return ((w - mean) * scale).astype(kernel.dtype)
+
+
 class DenseLayer(nnx.Module):
-    """A :class:`~initjax.network.Dense` layer: ``phi(norm(multiplier * x W + b))`` (norm
-    ``"before"``) or ``norm(phi(multiplier * x W + b))`` (``"after"``); ``W: (n_in, n_out)``."""
+    """A :class:`~initjax.network.Dense` layer with ``W: (n_in, n_out)`` and ``b: (n_out,)``.
+
+    The computation (``norm`` is the identity for ``norm="none"``)::
+
+        standard layer:        h = multiplier * (x + c_lin) W + b
+                               x' = phi(norm(h) + c_act)          norm_position="before"
+                               x' = norm(phi(h + c_act))          norm_position="after"
+        preactivation layer:   a = phi(norm(x) + c_act)           norm_position="before"
+                               a = norm(phi(x + c_act))           norm_position="after"
+                               x' = h = multiplier * (a + c_lin) W + b
+
+    A preactivation layer (He et al. 2016's ResNet v2 ordering) normalizes and activates its
+    input, so its norm has ``n_in`` features. ``c_lin`` and ``c_act`` are Fixup's scalar biases
+    (``nnx.Param`` of shape ``()``, starting at 0), present only inside a residual block with
+    ``scalar_biases=True`` (Zhang et al. 2019: a scalar bias before every linear map and every
+    activation); otherwise they are absent (0).
+
+    With ``weight_standardization`` the layer multiplies by
+    :func:`scaled_weight_standardization` ``(kernel, gain)`` instead of ``kernel``, ``gain`` an
+    ``nnx.Param`` of shape ``(n_out,)`` starting at 1; ``kernel`` stays the stored parameter (and
+    :meth:`kernels` returns it, the one the optimizer updates).
+
+    Intermediates (:meth:`forward`): ``"preact"`` is the linear map's output ``h`` (for a
+    preactivation layer that is the layer's output), ``"phi_input"`` what the activation takes
+    and ``"act"`` what it gives (for a preactivation layer these have ``n_in`` features).
+
+    References:
+      He, Zhang, Ren & Sun 2016, "Identity Mappings in Deep Residual Networks",
+      https://arxiv.org/abs/1603.05027.
+      Zhang, Dauphin & Ma 2019, "Fixup Initialization", https://arxiv.org/abs/1901.09321.
+      Brock, De & Smith 2021, https://arxiv.org/abs/2101.08692.
+    """
 
     def __init__(self, layer: Any, in_features: int, *, bn_kwargs: Mapping[str, Any],
-                 param_dtype: Any, rngs: nnx.Rngs):
+                 param_dtype: Any, rngs: nnx.Rngs, scalar_biases: bool = False):
         self.spec = layer
         key_w, key_b = rngs.params(), rngs.params()
         self.kernel = nnx.Param(layer.init(key_w, (in_features, layer.width), param_dtype))
         self.bias = nnx.Param(layer.bias_init(key_b, (layer.width,), param_dtype))
-        self.norm = _norm_of(layer.norm, layer.width, layer.norm_eps, bn_kwargs, param_dtype, rngs)
+        norm_width = in_features if layer.preactivation else layer.width
+        self.norm = _norm_of(layer.norm, norm_width, layer.norm_eps, bn_kwargs, param_dtype, rngs)
+        self.gain = (nnx.Param(jnp.ones((layer.width,), param_dtype))
+                     if layer.weight_standardization else None)
+        if not isinstance(scalar_biases, bool):
+            raise TypeError(f"scalar_biases must be a bool (True or False), got {scalar_biases!r}")
+        self.bias_linear = nnx.Param(jnp.zeros((), param_dtype)) if scalar_biases else None
+        self.bias_act = nnx.Param(jnp.zeros((), param_dtype)) if scalar_biases else None
+
+    def weight(self) -> Array:
+        """The matrix the layer multiplies by: the kernel, or its scaled standardization."""
+        if self.gain is None:
+            return self.kernel[...]
+        return scaled_weight_standardization(self.kernel[...], self.gain[...])
+
+    def _linear(self, u: Array) -> Array:
+        layer = self.spec
+        if self.bias_linear is not None:
+            u = u + self.bias_linear[...]
+        uw = u @ self.weight()
+        return layer.multiplier * uw + self.bias[...].reshape(_broadcast_shape(uw.ndim, -1,
+                                                                               layer.width))
+
+    def _activate(self, u: Array, use_running_average: bool | None
+                  ) -> tuple[Array, Array, Array]:
+        """``(phi_input, phi output, output)`` of the norm-and-activation part."""
+        layer = self.spec
+        before = self.norm is not None and layer.norm_position == "before"
+        z = _apply_norm(self.norm, u, use_running_average) if before else u
+        if self.bias_act is not None:
+            z = z + self.bias_act[...]
+        a = layer.activation(z)
+        after = self.norm is not None and layer.norm_position == "after"
+        return z, a, (_apply_norm(self.norm, a, use_running_average) if after else a)
 
     def forward(self, x: Array, use_running_average: bool | None = None
                 ) -> tuple[Array, dict[str, Array]]:
-        """The output and ``{"preact": h, "phi_input": norm(h) or h, "act": phi(.)}``."""
-        layer = self.spec
-        xw = x @ self.kernel[...]
-        h = layer.multiplier * xw + self.bias[...].reshape(_broadcast_shape(xw.ndim, -1, layer.width))
-        before = self.norm is not None and layer.norm_position == "before"
-        z = _apply_norm(self.norm, h, use_running_average) if before else h
-        a = layer.activation(z)
-        after = self.norm is not None and layer.norm_position == "after"
-        out = _apply_norm(self.norm, a, use_running_average) if after else a
+        """The output and ``{"preact": h, "phi_input": ..., "act": phi(...)}`` (class docstring)."""
+        if self.spec.preactivation:
+            z, a, u = self._activate(x, use_running_average)
+            h = out = self._linear(u)
+        else:
+            h = self._linear(x)
+            z, a, out = self._activate(h, use_running_average)
         return out, {"preact": h, "phi_input": z, "act": a}
 
     def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
         return self.forward(x, use_running_average)[0]
 
     def kernels(self) -> list[Array]:
+        """The stored kernel parameter (before any weight standardization)."""
         return [self.kernel[...]]
 
 
 class ResidualBlock(nnx.Module):
-    """A :class:`~initjax.network.Residual` block: ``x + alpha * branch(norm(x))`` (``"pre"``) or
-    ``norm(x + alpha * branch(x))`` (``"post"``); a learnable ``alpha`` is an ``nnx.Param``."""
+    """A :class:`~initjax.network.Residual` block::
 
-    def __init__(self, block: Any, width: int, alpha: float, *, bn_kwargs: Mapping[str, Any],
-                 param_dtype: Any, rngs: nnx.Rngs):
+        x' = x + alpha * s * branch(norm(x) / beta)      norm_position="pre"
+        x' = norm(x + alpha * s * branch(x / beta))      norm_position="post"
+
+    ``alpha`` is the branch scale (an ``nnx.Param`` when ``learnable``: SkipInit / ReZero);
+    ``beta`` is NF-ResNets' ``sqrt(Var x)`` expected before the block (``beta="expected"``,
+    a constant computed from the description by :meth:`NetworkModule.__init__`; 1 otherwise);
+    ``s`` is Fixup's scalar multiplier (``branch_multiplier``, an ``nnx.Param`` of shape ``()``
+    starting at 1, present with ``scalar_biases=True``, which also gives every branch layer its
+    scalar biases, see :class:`DenseLayer`; otherwise ``s = 1``).
+
+    Args:
+      block: the :class:`~initjax.network.Residual` description.
+      width: the stream width.
+      alpha: the branch scale as a number (:meth:`~initjax.network.Network.branch_scale`).
+      beta: the divisor of the branch input, finite and > 0; required exactly when
+        ``block.beta == "expected"``.
+
+    References:
+      Brock, De & Smith 2021, https://arxiv.org/abs/2101.08692 (alpha, beta).
+      Zhang, Dauphin & Ma 2019, https://arxiv.org/abs/1901.09321 (scalar biases, multiplier).
+      De & Smith 2020, https://arxiv.org/abs/2002.10444 (SkipInit).
+    """
+
+    def __init__(self, block: Any, width: int, alpha: float, *, beta: float | None = None,
+                 bn_kwargs: Mapping[str, Any], param_dtype: Any, rngs: nnx.Rngs):
         self.spec = block
+        if (block.beta == "expected") != (beta is not None):
+            raise ValueError(
+                f"a block with beta={block.beta!r} needs "
+                + ("beta=sqrt(expected stream variance) (NetworkModule passes it)"
+                   if beta is None else f"no beta, got beta={beta!r}")
+            )
+        self.beta = (None if beta is None
+                     else check_float("beta", beta, minimum=0.0, strict_minimum=True))
         self.norm = _norm_of(block.norm, width, block.norm_eps, bn_kwargs, param_dtype, rngs)
         layers, n_in = [], width
         for layer in block.branch:
             layers.append(DenseLayer(layer, n_in, bn_kwargs=bn_kwargs, param_dtype=param_dtype,
-                                     rngs=rngs))
+                                     rngs=rngs, scalar_biases=block.scalar_biases))
             n_in = layer.width
         self.branch = nnx.List(layers)
         self.alpha = nnx.Param(jnp.asarray(alpha, param_dtype)) if block.learnable else alpha
+        self.branch_multiplier = (nnx.Param(jnp.ones((), param_dtype)) if block.scalar_biases
+                                  else None)
 
     def forward(self, x: Array, use_running_average: bool | None = None
                 ) -> tuple[Array, dict[str, Array]]:
         """The output and the last branch layer's intermediates (see :class:`DenseLayer`)."""
         pre = self.norm is not None and self.spec.norm_position == "pre"
         h = _apply_norm(self.norm, x, use_running_average) if pre else x
+        h = h / self.beta if self.beta is not None else h
         for layer in self.branch:
             h, inter = layer.forward(h, use_running_average)
         alpha = self.alpha[...] if isinstance(self.alpha, nnx.Param) else self.alpha
+        if self.branch_multiplier is not None:
+            h = self.branch_multiplier[...] * h
         out = x + alpha * h
         if self.norm is not None and not pre:
             out = _apply_norm(self.norm, out, use_running_average)
@@ -1001,12 +1153,15 @@ class NetworkModule(nnx.Module):
         uses_bn = "batch" in network.norms
         bn_kwargs = _check_batchnorm_kwargs("batch" if uses_bn else None, batchnorm_kwargs)
         blocks, width = [], network.in_width
+        stream_variance = network.expected_stream_variance()  # NF-ResNets' beta_l^2, per block
         for i, block in enumerate(network.blocks):
             common = {"bn_kwargs": bn_kwargs, "param_dtype": param_dtype, "rngs": rngs}
             if isinstance(block, Dense):
                 blocks.append(DenseLayer(block, width, **common))
             elif isinstance(block, Residual):
-                blocks.append(ResidualBlock(block, width, network.branch_scale(block), **common))
+                beta = math.sqrt(stream_variance[i]) if block.beta == "expected" else None
+                blocks.append(ResidualBlock(block, width, network.branch_scale(block), beta=beta,
+                                            **common))
             else:
                 raise ValueError(
                     f"block {i} is a {block.kind!r} block, which initjax.modules cannot build yet"
@@ -1023,7 +1178,9 @@ class NetworkModule(nnx.Module):
     def lr_multipliers(self) -> Any:
         """The learning-rate multiplier of every parameter, a tree shaped like
         ``nnx.state(self, nnx.Param)`` with float leaves: a Dense layer's ``lr_multiplier`` on its
-        kernel and bias, 1 on norms, branch scales and the readout."""
+        own parameters (kernel, bias, weight-standardization gain, Fixup's scalar biases), 1 on
+        norms, block-level scalars (a learnable branch scale, Fixup's branch multiplier) and the
+        readout."""
         blocks = self.description.blocks
 
         def multiplier(path: tuple, _leaf: Any) -> float:
@@ -1031,11 +1188,13 @@ class NetworkModule(nnx.Module):
             if names[0] != "blocks":
                 return 1.0
             block = blocks[names[1]]
-            if names[2] in ("kernel", "bias"):
-                return block.lr_multiplier
-            if names[2] == "branch" and names[4] in ("kernel", "bias"):
-                return block.branch[names[3]].lr_multiplier
-            return 1.0
+            if hasattr(block, "lr_multiplier"):  # a Dense block: blocks/i/<param or norm>
+                layer, own = block, names[2]
+            elif names[2] == "branch":  # a residual branch layer: blocks/i/branch/j/<...>
+                layer, own = block.branch[names[3]], names[4]
+            else:  # a block-level parameter or norm
+                return 1.0
+            return layer.lr_multiplier if own in _LAYER_OWN_PARAMS else 1.0
 
         return jax.tree_util.tree_map_with_path(multiplier, nnx.state(self, nnx.Param))
 
@@ -1043,9 +1202,11 @@ class NetworkModule(nnx.Module):
         self, x: Array, *, use_running_average: bool | None = None
     ) -> tuple[Array, dict[str, list[Array]]]:
         """The output and, per block, ``"hidden"`` (the block's output, the stream) and its last
-        Dense layer's ``"preact"`` (``multiplier * x W + b``), ``"phi_input"`` (what the
-        activation takes: the pre-activation, normalized for a norm placed before) and ``"act"``
-        (the activation's output)."""
+        Dense layer's ``"preact"`` (the linear map's output ``multiplier * x W + b``),
+        ``"phi_input"`` (what the activation takes: normalized for a norm placed before, plus
+        Fixup's scalar bias) and ``"act"`` (the activation's output). For a preactivation layer
+        (``phi`` before ``W``) ``"preact"`` is the layer's output and ``"phi_input"`` / ``"act"``
+        have the layer's input width (see :class:`DenseLayer`)."""
         x = jnp.asarray(x)
         n0 = self.description.in_width
         if x.ndim < 1 or x.shape[-1] != n0:
@@ -1071,11 +1232,17 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
           **kwargs: Any) -> NetworkModule:
     """Build a Flax NNX module from a network description.
 
-    Each :class:`~initjax.network.Dense` layer becomes ``phi(norm(multiplier * x W + b))`` with
-    ``W: (n_in, n_out)`` drawn by the layer's initializer and ``b`` by its bias initializer; each
-    :class:`~initjax.network.Residual` block ``x + alpha * branch(norm(x))`` (``"pre"``) or
-    ``norm(x + alpha * branch(x))`` (``"post"``), with ``alpha`` from
-    :meth:`~initjax.network.Network.branch_scale` (an ``nnx.Param`` when ``learnable``). Norms:
+    Each :class:`~initjax.network.Dense` layer becomes a :class:`DenseLayer`,
+    ``phi(norm(multiplier * x W + b))`` with ``W: (n_in, n_out)`` drawn by the layer's initializer
+    and ``b`` by its bias initializer (``multiplier * phi(norm(x)) W + b`` for a
+    ``preactivation`` layer; Brock et al.'s scaled standardization of ``W`` with a trained gain
+    for ``weight_standardization``); each :class:`~initjax.network.Residual` block a
+    :class:`ResidualBlock`, ``x + alpha * branch(norm(x) / beta)`` (``"pre"``) or
+    ``norm(x + alpha * branch(x / beta))`` (``"post"``), with ``alpha`` from
+    :meth:`~initjax.network.Network.branch_scale` (an ``nnx.Param`` when ``learnable``),
+    ``beta = sqrt(expected_stream_variance()[block])`` for ``beta="expected"`` (else 1; see
+    :meth:`~initjax.network.Network.expected_stream_variance`), and Fixup's trained scalars for
+    ``scalar_biases``. Norms:
     :class:`BatchNorm`, ``nnx.LayerNorm`` or ``nnx.RMSNorm`` with the block's epsilon. Parameters
     are drawn block by block from ``rngs.params``.
 

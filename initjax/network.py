@@ -241,7 +241,8 @@ class Residual:
       norm_eps: epsilon added to the variance inside the norm (>= 0).
       beta: ``"none"``, or ``"expected"`` for NF-ResNets' ``x + alpha * branch(x / beta_l)``
         with ``beta_l`` the stream's expected standard deviation before the block, computed
-        analytically (:meth:`Network.expected_stream_variance`), not measured.
+        analytically (:meth:`Network.expected_stream_variance`), not measured. With a pre norm
+        the branch takes ``norm(x) / beta_l``.
       scalar_biases: Fixup's scalars (Zhang et al. 2019): a trained scalar bias (starting at 0)
         before every branch layer and activation and a trained scalar multiplier (starting at 1)
         on the branch. At initialization they change nothing; the trainer and the Flax modules

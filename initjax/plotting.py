@@ -21,6 +21,7 @@ from initjax.engine import Propagation
 
 __all__ = [
     "hist_strip", "variance_curves", "sweep_grid", "phase_diagram", "new_figure", "label_axes",
+    "theory_curve", "note_theory",
 ]
 
 _STAT_LABELS = {
@@ -203,6 +204,35 @@ def variance_curves(
     ax.set_xlabel("layer")
     ax.set_ylabel(_STAT_LABELS.get(stat, stat))
     ax.legend(fontsize=7)
+    return ax
+
+
+def theory_curve(values: Sequence[float] | np.ndarray | None, *, log: bool = True) -> np.ndarray | None:
+    """Predicted per-layer values made safe to draw (``variance_curves(..., theory=[...])``):
+    non-finite entries (an overflowing prediction) and, on a log axis, entries <= 0 become NaN, so
+    the dashed curve has a gap there instead of breaking the axis. ``None`` stays ``None`` (no
+    prediction for that curve)."""
+    if values is None:
+        return None
+    v = np.array(values, dtype=np.float64)
+    bad = ~np.isfinite(v) | ((v <= 0) if log else False)
+    v[bad] = np.nan
+    return v
+
+
+def note_theory(ax: Axes, *, missing: Sequence[str] = (), note: str = "dashed: mean-field theory") -> Axes:
+    """Add one legend entry saying what the dashed curves are, and one naming the curves that have
+    no prediction (``missing``, e.g. a batch-normalized scheme), then redraw the legend."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="gray", ls="--", lw=1))
+    labels.append(note)
+    if missing:
+        handles.append(Line2D([], [], color="none"))
+        labels.append("no theory for: " + ", ".join(missing))
+    legend = ax.get_legend()
+    ax.legend(handles, labels, fontsize=legend.get_texts()[0].get_fontsize() if legend and legend.get_texts() else 7)
     return ax
 
 

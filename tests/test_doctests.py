@@ -20,6 +20,7 @@ MODULES = [
     "initjax.gains",
     "initjax.config",
     "initjax.theory",
+    "initjax.residual_theory",
     "initjax.data",
     "initjax.modules",
     "initjax._keys",

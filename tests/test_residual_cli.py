@@ -29,7 +29,7 @@ def test_propagate_residual_json_has_the_contract_keys_per_block(capsys):
         for k in ("act_var", "branch_var", "cosine", "grad_var"):
             assert math.isfinite(row[k]), (k, row)
     # x <- x + A W relu(x), He: each block adds A^2 * 2 * E[relu^2] = A^2 Var x: Var grows by 1.25
-    ratios = [b["act_var"] / a["act_var"] for a, b in zip(layers, layers[1:])]
+    ratios = [b["act_var"] / a["act_var"] for a, b in zip(layers, layers[1:], strict=False)]
     assert all(abs(r - 1.25) < 0.1 for r in ratios), ratios
     assert all(abs(row["branch_var"] / row["act_var"] - 0.2) < 0.05 for row in layers)
 

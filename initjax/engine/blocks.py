@@ -66,7 +66,7 @@ from initjax.engine.sampling import (
     seed_keys,
     split_seed_key,
 )
-from initjax.engine.stats import finite_moments, mean_cosine, weight_grad_stats
+from initjax.engine.stats import finite_moments, mean_cosine, overflowed_rows, weight_grad_stats
 from initjax.network import Dense, Network, Residual
 
 __all__ = [
@@ -376,10 +376,12 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
                 total = x + f
                 out = normalize(block.norm, total, block.norm_eps) if block.norm_position == "post" else total
                 stats = {"x": out, "branch": f} if raw else _forward_stats(out, f, total)
+                bad_rows = overflowed_rows([out, f])
             else:
                 out = u
                 stats = {"x": out, "branch": jnp.full_like(out, jnp.nan)} if raw else _forward_stats(out, None, None)
-            return out + p_out, (stats, tuple(ins))
+                bad_rows = overflowed_rows([out])
+            return out + p_out, (stats, tuple(ins), bad_rows)
 
         if remat:
             body = jax.checkpoint(body, policy=REMAT_POLICY)
@@ -404,6 +406,12 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
     x_out, vjp, per_stage = jax.vjp(forward, zero_out, zero_layers, has_aux=True)
     cot = draw_cotangent(network, cotangent, x_out, keys.cotangent)
     d_outs, d_layers = vjp(cot)
+    # an example that overflowed anywhere has no meaningful gradient anywhere (relu'(nan) = 0 would
+    # report it as a vanishing one): its gradient rows count as non-finite at every block
+    bad = jnp.concatenate([rows for _, _, rows in per_stage]).any(axis=0)  # (batch,)
+    d_outs = [jnp.where(bad[None, :, None], jnp.nan, d) for d in d_outs]
+    d_layers = [tuple(jnp.where(bad[None, :, None], jnp.nan, d) for d in ds) for ds in d_layers]
+    per_stage = [(stats, ins) for stats, ins, _ in per_stage]
 
     if raw:
         return {"x0": x0, "cotangent": cot,

@@ -218,12 +218,30 @@ def layer_stats(act: Any, opts: MeasureOptions, h, y, out, dh, da, x_prev) -> di
     stats["weight_grad_mean"], stats["weight_grad_var"], stats["weight_grad_norm"] = wg
     return stats
 
+def overflowed_rows(tensors: Sequence[jax.Array]) -> jax.Array:
+    """``(batch,)`` True for the examples with a non-finite value anywhere in ``tensors`` (each
+    ``(..., batch, units)``, the batch axis second to last)."""
+    return functools.reduce(jnp.logical_or, [(~jnp.isfinite(t)).any(axis=-1).reshape(-1, t.shape[-2]).any(axis=0)
+                                             for t in tensors])
+
+
 def stats_of_layers(act: Any, opts: MeasureOptions, x_prev, h, y, out, dh, dx) -> LayerStats:
     """:class:`LayerStats` with a leading layer axis, from stacked ``(layer, batch, units)`` arrays
-    (vmapped over layers) or from per-layer lists of ``(batch, units)`` arrays (ragged widths)."""
+    (vmapped over layers) or from per-layer lists of ``(batch, units)`` arrays (ragged widths).
+
+    An example whose forward pass overflowed anywhere (a non-finite ``h`` or output in any layer)
+    has no meaningful gradient at any layer: the backward pass would carry NaN through a
+    rectifier's derivative as an exact 0 (``relu'(nan) = 0``), which reads as a vanishing gradient.
+    Its gradient rows are therefore counted as non-finite (``grad_nonfinite``) and left out of
+    the gradient statistics at every layer."""
     per_layer = functools.partial(layer_stats, act, opts)
     if not isinstance(h, list | tuple):
+        bad = overflowed_rows([h, out])
+        dh, dx = (jnp.where(bad[None, :, None], jnp.nan, g) for g in (dh, dx))
         return LayerStats(**jax.vmap(per_layer)(h, y, out, dh, dx, x_prev))
+    bad = overflowed_rows([*h, *out])
+    dh = [jnp.where(bad[:, None], jnp.nan, g) for g in dh]
+    dx = [jnp.where(bad[:, None], jnp.nan, g) for g in dx]
     layers = [per_layer(*t) for t in zip(h, y, out, dh, dx, x_prev, strict=True)]
     return LayerStats(**{k: jnp.stack([s[k] for s in layers]) for k in layers[0]})
 

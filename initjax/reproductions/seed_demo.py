@@ -112,6 +112,28 @@ def gradient_ratio(result: Propagation) -> float:
     return float((g[0] / g[-1]) ** (1.0 / (len(g) - 1)))
 
 
+def predicted_curves(result: Propagation) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mean-field prediction of the variance-curves figure's two statistics, per layer:
+    ``Var[x^l] = E[phi(h)^2] - E[phi(h)]^2`` with ``h ~ N(0, q^l)`` and ``Var[dL/dh^l]``
+    (:func:`initjax.theory.predict`, float64); None where the theory has no prediction (a
+    normalized network, a user-function init). Overflow comes back as inf (drawn as a gap)."""
+    import jax
+
+    from initjax import theory
+
+    try:
+        with jax.enable_x64(True):
+            pred = theory.predict(result.config)
+            act = result.config.activation
+            q = np.where(np.isfinite(pred.preact_second_moment), pred.preact_second_moment, 0.0)
+            mean = np.asarray(theory.gaussian_expectation(lambda u: act(u), q), dtype=np.float64)
+    except ValueError:
+        return None
+    with np.errstate(all="ignore"):
+        act_var = np.where(np.isfinite(pred.preact_second_moment), pred.out_second_moment - mean**2, np.inf)
+    return act_var, np.asarray(pred.grad_preact_var, dtype=np.float64)
+
+
 def _config(s: Scheme) -> NetworkConfig:
     return NetworkConfig(depth=s.depth, width=s.width, batch=16, init=s.init, activation=s.activation, label=s.label)
 
@@ -197,8 +219,14 @@ def _figures(out: Path, all_schemes, results) -> None:
     ax_act, ax_grad = fig.subplots(1, 2)
     # zero init is all zeros: nothing to draw on a log axis (its verdict is in the report)
     ten = [r for s, r in zip(all_schemes, results, strict=True) if s.depth == 10 and s.init != "zeros"]
-    plotting.variance_curves(ten, "act_var", ax=ax_act)
-    plotting.variance_curves(ten, "grad_preact_var", ax=ax_grad)
+    predicted = [predicted_curves(r) for r in ten]
+    missing = [r.config.name for r, p in zip(ten, predicted, strict=True) if p is None]
+    plotting.variance_curves(ten, "act_var", ax=ax_act,
+                             theory=[None if p is None else plotting.theory_curve(p[0]) for p in predicted])
+    plotting.variance_curves(ten, "grad_preact_var", ax=ax_grad,
+                             theory=[None if p is None else plotting.theory_curve(p[1]) for p in predicted])
+    for ax in (ax_act, ax_grad):
+        plotting.note_theory(ax, missing=missing)
     ax_act.set_title("activation variance (median, 10-90% over seeds)", fontsize=9)
     ax_grad.set_title("gradient variance dL/dh (zero init: all 0, not drawn)", fontsize=9)
     _io.save_figure(fig, out / "variance-curves")
@@ -263,5 +291,6 @@ def _markdown(report: dict[str, Any], results) -> str:
                 f"{_fmt(lay['weight_grad_var'])} |"
             )
     lines += ["", "Figures: `hist-*.png` (activation and gradient histograms per layer), "
-              "`variance-curves.png` (all 10-layer schemes). Data: `data/*/stats.npz`.", ""]
+              "`variance-curves.png` (all 10-layer schemes, measured with the mean-field prediction "
+              "of `initjax.theory.predict` dashed beside each). Data: `data/*/stats.npz`.", ""]
     return "\n".join(lines)

@@ -15,7 +15,12 @@ import pytest
 
 import initjax
 from initjax.engine import NonFiniteWarning
-from initjax.engine.blocks import BlockPropagation, propagate_blocks, standardize_weights, trace_blocks
+from initjax.engine.blocks import (
+    BlockPropagation,
+    propagate_blocks,
+    standardize_weights,
+    trace_blocks,
+)
 from initjax.network import Dense, Network, Repeat, Residual
 
 # -- the float64 reference ------------------------------------------------------------------------
@@ -290,22 +295,22 @@ def _within(measured_values, truth, what):
 
 def test_linear_branch_grows_geometrically(measured):
     st = measured["linear"].stats
-    l = np.arange(1, L + 1)
-    _within(st.act_second_moment, 1.25 ** l, "linear stream q")
+    blk = np.arange(1, L + 1)
+    _within(st.act_second_moment, 1.25 ** blk, "linear stream q")
     _within(st.branch_share, np.full(L, 0.2), "linear share 0.25/1.25")
     # backward: chi_{l-1} = chi_l (1 + a^2): the gradient at block l is 1.25^(L - l)
-    _within(st.grad_second_moment, 1.25 ** (L - l), "linear chi")
+    _within(st.grad_second_moment, 1.25 ** (L - blk), "linear chi")
 
 
 def test_relu_branch_doubles_and_bn_grows_linearly(measured):
-    l = np.arange(1, L + 1)
+    blk = np.arange(1, L + 1)
     relu, bn = measured["relu"].stats, measured["bn"].stats
     # doubling compounds sampling error multiplicatively: compare log2 growth per block
     growth = np.log2(np.asarray(relu.act_second_moment, np.float64))
     _within(np.diff(growth, axis=1, prepend=0.0), np.ones(L), "ReLU log2 growth per block")
     _within(relu.branch_share, np.full(L, 0.5), "ReLU share")
-    _within(bn.act_second_moment, 1.0 + l, "BN stream")
-    _within(bn.branch_share, 1.0 / (l + 1), "BN share")
+    _within(bn.act_second_moment, 1.0 + blk, "BN stream")
+    _within(bn.branch_share, 1.0 / (blk + 1), "BN share")
     _within(bn.branch_var, np.ones(L), "BN branch variance")
 
 
@@ -366,3 +371,15 @@ def test_bad_input_is_refused_naming_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         propagate_blocks(SMALL, inputs=np.ones((4, 32), np.float32), cotangent="xent")
+
+
+def test_an_overflowed_example_has_no_gradient_anywhere_not_a_zero_one():
+    """relu'(nan) = 0: without masking, the early blocks of an example that overflowed later
+    would report an exactly-zero (vanishing) gradient."""
+    net = Network.residual_mlp(60, 32, init="normal:stddev=2.0", batch=4)
+    with pytest.warns(NonFiniteWarning):
+        st = initjax.propagate(net, seeds=1).stats
+    first = np.asarray(st.nonfinite)[0] > 0
+    assert first.any() and not first[0]  # block 1's forward is finite, later ones overflow
+    assert np.asarray(st.grad_nonfinite)[0, 0] == 4 * 32  # every row of block 1's dL/dx
+    assert math.isnan(float(np.asarray(st.grad_var)[0, 0]))

@@ -22,9 +22,10 @@ def test_a_plain_network_is_measured_as_its_config():
     np.testing.assert_array_equal(trace(CONFIG.network, key=3)["h"][2], trace(CONFIG, key=3)["h"][2])
 
 
-def test_a_residual_description_is_refused_by_name():
+def test_a_residual_description_goes_to_the_block_engine_and_bad_entries_are_refused_by_name():
     residual = Network(8, (Repeat(Residual((Dense(8),)), 2),))
+    assert type(propagate(residual, seeds=1)).__name__ == "BlockPropagation"
     with pytest.raises(ValueError, match="block 0 is a residual block"):
-        propagate(residual, seeds=1)
+        propagate_shared([residual], seeds=1)
     with pytest.raises(TypeError, match=r"configs\[1\] must be an initjax NetworkConfig or Network"):
         propagate_shared([CONFIG, "mlp"], seeds=1)

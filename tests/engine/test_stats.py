@@ -122,3 +122,15 @@ def test_check_range_names_the_bad_value():
         check_range("act_range", (1, 1))
     with pytest.raises(ValueError, match="grad_range must be a pair"):
         check_range("grad_range", 3.0)
+
+
+def test_an_overflowed_example_has_no_gradient_anywhere_not_a_zero_one():
+    """relu'(nan) = 0 carries an overflow back as an exact zero gradient ("vanishing"): the rows
+    of an example that overflowed at any layer are counted non-finite at every layer instead."""
+    config = NetworkConfig(depth=60, width=64, batch=4, init="normal:stddev=1.0", activation="relu")
+    with pytest.warns(NonFiniteWarning):
+        st = propagate(config, seeds=2).stats
+    assert np.asarray(st.nonfinite)[:, 0].max() == 0  # layer 1's forward is finite
+    assert (np.asarray(st.grad_nonfinite)[:, 0] > 0).all()  # but its gradient rows are not kept
+    grad = np.asarray(st.grad_preact_var)[:, 0]
+    assert not (grad == 0).any()
