@@ -34,7 +34,7 @@ def main() -> None:
     from _machine import MachineLoad
 
     from initjax import NetworkConfig, propagate
-    from initjax.engine.blocks import _program, propagate_blocks
+    from initjax.engine.blocks import compiled_program, propagate_blocks
     from initjax.engine.executor import default_lanes
     from initjax.engine.sampling import base_key, seed_keys
     from initjax.network import Network
@@ -44,7 +44,7 @@ def main() -> None:
     keys = jax.random.key_data(seed_keys(base_key(0, "philox2x32"), np.arange(a.seeds)))
     for depth in (10, 100):
         net = Network.residual_mlp(depth, a.width, batch=a.batch, branch_scale="1/sqrt(depth)")
-        fn = _program(net, "normal", True, False, default_lanes(), "philox2x32")
+        fn = compiled_program(net, "normal", True, False, default_lanes(), "philox2x32")
         t = time.perf_counter()
         fn.lower(keys, np.zeros(a.seeds), np.int32(a.seeds)).compile()
         out[f"compile_s_residual_{depth}"] = time.perf_counter() - t

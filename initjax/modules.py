@@ -1110,6 +1110,14 @@ class ResidualBlock(nnx.Module):
     def forward(self, x: Array, use_running_average: bool | None = None
                 ) -> tuple[Array, dict[str, Array]]:
         """The output and the last branch layer's intermediates (see :class:`DenseLayer`)."""
+        out, inter, _, _ = self.forward_parts(x, use_running_average)
+        return out, inter
+
+    def forward_parts(self, x: Array, use_running_average: bool | None = None
+                      ) -> tuple[Array, dict[str, Array], Array, Array]:
+        """``(output, intermediates, f, total)``: besides :meth:`forward`'s pair, the scaled
+        branch output ``f = alpha * s * branch(.)`` before the add and the sum ``x + f`` before a
+        post norm (what :func:`initjax.probing.probe_blocks` measures)."""
         pre = self.norm is not None and self.spec.norm_position == "pre"
         h = _apply_norm(self.norm, x, use_running_average) if pre else x
         h = h / self.beta if self.beta is not None else h
@@ -1118,10 +1126,10 @@ class ResidualBlock(nnx.Module):
         alpha = self.alpha[...] if isinstance(self.alpha, nnx.Param) else self.alpha
         if self.branch_multiplier is not None:
             h = self.branch_multiplier[...] * h
-        out = x + alpha * h
-        if self.norm is not None and not pre:
-            out = _apply_norm(self.norm, out, use_running_average)
-        return out, inter
+        f = alpha * h
+        total = x + f
+        out = _apply_norm(self.norm, total, use_running_average) if self.norm is not None and not pre else total
+        return out, inter, f, total
 
     def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
         return self.forward(x, use_running_average)[0]

@@ -59,6 +59,7 @@ import dataclasses
 import functools
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -71,14 +72,16 @@ from initjax import activations as _activations
 from initjax._checks import check_float, check_int
 from initjax._keys import as_key
 from initjax.engine import LayerStats, Propagation, measure_layers
-from initjax.engine.stats import check_range
-from initjax.modules import MLP, PlainCNN
+from initjax.engine.blocks import BlockPropagation, BlockStats, forward_stats
+from initjax.engine.stats import check_range, finite_moments, overflowed_rows
+from initjax.modules import MLP, DenseLayer, NetworkModule, PlainCNN, ResidualBlock
 
 __all__ = [
     "ProbeConfig",
     "ProbeResult",
     "probe",
     "probe_linen",
+    "probe_blocks",
     "find_layers",
     "COTANGENTS",
     "MAX_ROWS",
@@ -853,7 +856,7 @@ def probe(
     saturation_tolerance: float = 0.01,
     activation: str | _activations.Activation | None = None,
     use_running_average: bool | None = None,
-) -> ProbeResult:
+) -> ProbeResult | BlockPropagation:
     """The engine's per-layer statistics (:class:`~initjax.LayerStats`) of an existing NNX model.
 
     For each layer ``l`` the model's tensors ``x^{l-1}`` (input), ``h^l`` (Linear/Conv output),
@@ -869,6 +872,9 @@ def probe(
         net = MLP(784, (256,) * 5, activation="tanh", kernel_init="xavier_normal", rngs=nnx.Rngs(0))
         result = probe(net, x)                  # result.stats.act_var: (1, 5)
         plotting.hist_strip(result)             # the classic demo's strip for this network
+
+    A :class:`~initjax.modules.NetworkModule` (``initjax.modules.build``) is probed per block by
+    :func:`probe_blocks` (its result is a :class:`~initjax.engine.BlockPropagation`).
 
     Args:
       model: an initjax ``MLP`` / ``PlainCNN``, a stacked ensemble of one
@@ -907,6 +913,16 @@ def probe(
     References:
       Glorot & Bengio 2010, https://proceedings.mlr.press/v9/glorot10a.html.
     """
+    if isinstance(model, NetworkModule):
+        given = {"act_range": act_range, "grad_range": grad_range, "bins": bins,
+                 "saturation_tolerance": saturation_tolerance, "activation": activation}
+        defaults = {"act_range": (-1.0, 1.0), "grad_range": (-1.0, 1.0), "bins": 40,
+                    "saturation_tolerance": 0.01, "activation": None}
+        for name, value in given.items():
+            if value != defaults[name]:
+                raise ValueError(f"{name}={value!r} does not apply to a NetworkModule: it is probed per "
+                                 "block (probe_blocks), without histograms")
+        return probe_blocks(model, x, cotangent=cotangent, key=key, use_running_average=use_running_average)
     act_range = check_range("act_range", act_range)
     grad_range = check_range("grad_range", grad_range)
     if activation is not None:
@@ -918,6 +934,110 @@ def probe(
         expect=expect, cotangent=cotangent, key=key, act_range=act_range, grad_range=grad_range,
         bins=bins, saturation_tolerance=saturation_tolerance, activation=activation,
         model_activation=model_act, model_name=type(model).__name__,
+    )
+
+
+def probe_blocks(
+    model: nnx.Module,
+    x: Any,
+    *,
+    cotangent: str | Any | Callable[[Array], Array] = "normal",
+    key: int | Array = 0,
+    use_running_average: bool | None = None,
+) -> BlockPropagation:
+    """The block engine's per-block statistics of an existing :class:`~initjax.modules.NetworkModule`.
+
+    For a model built from a :class:`~initjax.network.Network` (``initjax.modules.build``), at
+    initialization or after training: the same :class:`~initjax.engine.blocks.BlockStats` that
+    :func:`initjax.propagate` measures on sampled networks, for the residual stream after every
+    block and for the scaled branch output before the add (Brock et al.'s channel statistics,
+    the branch share, cosines), with ``dL/dx`` of the stream (skip path included: a zero probe is
+    added to each block's output and one ``jax.vjp`` gives its cotangent) and the Frobenius norm of
+    ``dL/dkernel`` of every layer (the stored kernel: with weight standardization, the raw one).
+    The readout, if any, is not a block: the cotangent is applied at the model's output. The
+    model is not modified (a training-mode batch norm runs on a private copy).
+
+    Args:
+      model: an initjax ``NetworkModule``.
+      x: the input batch ``(batch, in_width)``.
+      cotangent: ``"normal"`` (N(0, 1) from ``fold_in(key, 0)``), an array of the output's shape,
+        or a callable ``loss(output) -> scalar``.
+      key: PRNG key or int seed (philox2x32) for ``"normal"``.
+      use_running_average: None keeps every batch norm's mode; True/False sets it for this probe.
+
+    Returns:
+      :class:`~initjax.engine.blocks.BlockPropagation` with a seed axis of size 1 and the model's
+      description as its ``network``.
+
+    Raises:
+      TypeError / ValueError: for another kind of model, a bad ``x`` (shape named), cotangent or key.
+    """
+    if not isinstance(model, NetworkModule):
+        raise TypeError(f"probe_blocks takes an initjax NetworkModule (initjax.modules.build), "
+                        f"got {type(model).__name__}")
+    x = _check_x(x)
+    n0 = model.description.in_width
+    if x.ndim != 2 or x.shape[1] != n0:
+        raise ValueError(f"x must have shape (batch, {n0}) for this network, got {x.shape}")
+    kind, given = _check_cotangent(cotangent)
+    start = time.perf_counter()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    runner = NNXRunner(graphdef, use_running_average)
+
+    def forward(params, probes):
+        m = runner._merge(params, rest)
+        h, stats = x, []
+        for i, blk in enumerate(m.blocks):
+            if isinstance(blk, ResidualBlock):
+                out, _, f, total = blk.forward_parts(h, runner.ura)
+                stats.append((forward_stats(out, f, total), overflowed_rows([out, f])))
+            else:
+                out, _ = blk.forward(h, runner.ura)
+                stats.append((forward_stats(out, None, None), overflowed_rows([out])))
+            h = out + probes[i]
+        y = m.readout(h) if m.readout is not None else h
+        return y, stats
+
+    widths = model.description.widths[1:]
+    zeros = [jnp.zeros((x.shape[0], w), x.dtype) for w in widths]
+    y, vjp, stats = jax.vjp(forward, params, zeros, has_aux=True)
+    if kind == "normal":
+        ct = jax.random.normal(jax.random.fold_in(as_key(key, "key"), 0), y.shape, y.dtype)
+    elif kind == "array":
+        if given.shape != y.shape:
+            raise ValueError(f"cotangent must have the output's shape {y.shape}, got {given.shape}")
+        ct = given.astype(y.dtype)
+    else:
+        loss_value, ct = jax.value_and_grad(given)(y)
+        if jnp.ndim(loss_value) != 0:
+            raise ValueError(f"the loss must return a scalar, got shape {jnp.shape(loss_value)}")
+    d_params, d_probes = vjp(ct)
+    # an example that overflowed anywhere has no meaningful gradient anywhere (see the engine)
+    rows_bad = jnp.stack([rows for _, rows in stats]).any(axis=0)
+    d_probes = [jnp.where(rows_bad[:, None], jnp.nan, d) for d in d_probes]
+    m_max = max((len(b.branch) if isinstance(b, ResidualBlock) else 1) for b in model.blocks)
+    grads = nnx.merge(graphdef, d_params, rest)
+    fields: dict[str, list[Any]] = {}
+    for i, ((s, _), d) in enumerate(zip(stats, d_probes, strict=True)):
+        for name, v in s.items():
+            fields.setdefault(name, []).append(v)
+        _, g_var, g_m2, g_count = finite_moments(d)
+        fields.setdefault("grad_var", []).append(g_var)
+        fields.setdefault("grad_second_moment", []).append(g_m2)
+        fields.setdefault("grad_nonfinite", []).append((d.size - g_count).astype(jnp.int32))
+        blk = grads.blocks[i]
+        layers = [blk] if isinstance(blk, DenseLayer) else list(blk.branch)
+        norms = [jnp.linalg.norm(layer.kernel[...].astype(jnp.float32)) for layer in layers]
+        norms += [jnp.float32(jnp.nan)] * (m_max - len(norms))
+        fields.setdefault("weight_grad_norm", []).append(jnp.stack(norms))
+    arrays = {k: np.asarray(jnp.stack(v))[None] for k, v in fields.items()}
+    return BlockPropagation(
+        network=model.description,
+        stats=BlockStats(**arrays),
+        key=int(key) if isinstance(key, int | np.integer) and kind == "normal" else None,
+        cotangent=kind,
+        prng_impl="philox2x32",
+        seconds=time.perf_counter() - start,
     )
 
 

@@ -125,7 +125,7 @@ def test_phase_diagram_quick(tmp_path):
 
 def test_a_plain_network_description_is_predicted_as_its_config():
     """One description, two views: the Network a NetworkConfig constructs is predicted exactly as
-    the config; a residual description goes to the residual theory (initjax.residual_theory)."""
+    the config; a residual description goes to the residual theory (initjax.theory.residual)."""
     from initjax.network import Dense, Network, Repeat, Residual
 
     config = NetworkConfig(depth=4, width=(64, 16, 16, 16), in_width=32, init="he_normal",
@@ -134,6 +134,6 @@ def test_a_plain_network_description_is_predicted_as_its_config():
     for field in by_config._fields:
         np.testing.assert_array_equal(getattr(by_network, field), getattr(by_config, field))
     residual = Network(8, (Repeat(Residual((Dense(8),)), 3),))
-    from initjax.residual_theory import ResidualPrediction
+    from initjax.theory.residual import ResidualPrediction
 
     assert isinstance(predict(residual), ResidualPrediction)

@@ -1,5 +1,5 @@
 """Issue 14's criterion: residual networks measured by the block engine against the mean-field
-recursions (initjax.residual_theory), width 1024, 8 seeds, ReLU / tanh / linear branches, with and
+recursions (initjax.theory.residual), width 1024, 8 seeds, ReLU / tanh / linear branches, with and
 without batch norm.
 
 Tolerance per block: 4 standard errors of the mean over the seeds (the seeds' own spread) plus a
@@ -17,7 +17,7 @@ import pytest
 
 from initjax.engine.blocks import propagate_blocks
 from initjax.network import Network
-from initjax.residual_theory import predict_residual
+from initjax.theory.residual import predict_residual
 
 N, SEEDS, L = 1024, 8, 8
 

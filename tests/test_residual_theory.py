@@ -1,4 +1,4 @@
-"""Residual mean-field theory (initjax.residual_theory): closed forms, the named recursions, the
+"""Residual mean-field theory (initjax.theory.residual): closed forms, the named recursions, the
 depth limit, agreement with theory.predict on plain nets, and a float64 Monte-Carlo re-derivation
 of the networks themselves (written here, independently of the engine)."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from initjax import theory
 from initjax.network import Dense, Network, Repeat, Residual
-from initjax.residual_theory import (
+from initjax.theory.residual import (
     de_smith_variance,
     predict_residual,
     residual_depth_limit,
@@ -289,7 +289,7 @@ def _runner(net):
                 u = u / beta
                 for layer, (w, b) in zip(block.branch, ps, strict=True):
                     u = _dense_apply(layer, u, w, b)
-                branches.append(jnp.mean((alpha * u) ** 2))
+                branches.append(jnp.var(alpha * u))  # a variance, as predict_residual states it
                 x = x + alpha * u
                 if block.norm_position == "post":
                     x = _normalize(block.norm, x, block.norm_eps)

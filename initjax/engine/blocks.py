@@ -73,8 +73,10 @@ __all__ = [
     "BlockPropagation",
     "BlockStats",
     "apply_dense",
+    "compiled_program",
     "block_params",
     "estimate_memory",
+    "forward_stats",
     "normalize",
     "propagate_blocks",
     "standardize_weights",
@@ -290,7 +292,10 @@ def _channel_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return (mean * mean).mean(), var.mean()
 
 
-def _forward_stats(out: jax.Array, f: jax.Array | None, total: jax.Array | None) -> dict[str, jax.Array]:
+def forward_stats(out: jax.Array, f: jax.Array | None, total: jax.Array | None) -> dict[str, jax.Array]:
+    """One block's forward :class:`BlockStats` fields from its output ``out`` (the stream), its
+    scaled branch output ``f`` and the sum ``total = x + f`` before a post norm (``f`` and
+    ``total`` None for a Dense block: the branch fields are NaN)."""
     s: dict[str, jax.Array] = {}
     s["act_mean"], s["act_var"], s["act_second_moment"], count = finite_moments(out)
     s["act_sq_mean"], s["act_chan_var"] = _channel_stats(out)
@@ -375,11 +380,11 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
                 f = alpha * u
                 total = x + f
                 out = normalize(block.norm, total, block.norm_eps) if block.norm_position == "post" else total
-                stats = {"x": out, "branch": f} if raw else _forward_stats(out, f, total)
+                stats = {"x": out, "branch": f} if raw else forward_stats(out, f, total)
                 bad_rows = overflowed_rows([out, f])
             else:
                 out = u
-                stats = {"x": out, "branch": jnp.full_like(out, jnp.nan)} if raw else _forward_stats(out, None, None)
+                stats = {"x": out, "branch": jnp.full_like(out, jnp.nan)} if raw else forward_stats(out, None, None)
                 bad_rows = overflowed_rows([out])
             return out + p_out, (stats, tuple(ins), bad_rows)
 
@@ -495,16 +500,16 @@ def estimate_memory(network: Network, *, remat: bool = True) -> int:
     return int((weights + kept) * itemsize)
 
 
-_PROGRAMS: dict[tuple, Any] = {}
+_COMPILED: dict[tuple, Any] = {}
 
 
-def _program(network: Network, cotangent: str, remat: bool, with_inputs: bool, lanes: int, impl: str):
+def compiled_program(network: Network, cotangent: str, remat: bool, with_inputs: bool, lanes: int, impl: str):
     """The compiled program of a chunk: seeds vmapped ``lanes`` at a time in a loop that stops
     after the ``valid`` real seeds (the padding of the last chunk is skipped). Cached per network
     and options, so a second call with the same network does not compile again."""
     cache_key = (network, cotangent, remat, with_inputs, lanes, impl)
-    if cache_key in _PROGRAMS:
-        return _PROGRAMS[cache_key]
+    if cache_key in _COMPILED:
+        return _COMPILED[cache_key]
 
     def one(k, x):
         return seed_block_stats(network, cotangent, remat, k, x if with_inputs else None)
@@ -527,8 +532,8 @@ def _program(network: Network, cotangent: str, remat: bool, with_inputs: bool, l
         out = jax.lax.fori_loop(0, count, body, init)
         return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
 
-    _PROGRAMS[cache_key] = jax.jit(run)
-    return _PROGRAMS[cache_key]
+    _COMPILED[cache_key] = jax.jit(run)
+    return _COMPILED[cache_key]
 
 
 def propagate_blocks(
@@ -603,7 +608,7 @@ def propagate_blocks(
     start = time.perf_counter()
     keys = seed_keys(root, np.arange(seed_offset, seed_offset + seeds))
     if jit:
-        fn = _program(network, cotangent, remat, x is not None, lanes, impl)
+        fn = compiled_program(network, cotangent, remat, x is not None, lanes, impl)
         key_data = jax.random.key_data(keys)
         pieces = []
         show = sys.stderr.isatty() and seeds > chunk_size if progress is None else bool(progress)

@@ -1570,12 +1570,8 @@ def predict(config: Any, *, num: int = DEFAULT_NUM, num_2d: tuple[int, int] = DE
     latter two it is the large-width limit. Exact at infinite width; at width n the measured
     per-layer second moments fluctuate by O(1/sqrt(n)) around it.
 
-    A :class:`~initjax.network.Network` that is not a plain Dense stack (residual blocks,
-    pre-activation or weight-standardized layers) goes to
-    :func:`initjax.residual_theory.predict_residual` and gets its per-block
-    :class:`~initjax.residual_theory.ResidualPrediction` (stream second moment ``q``, mean,
-    cosine, branch variance and share, gradient second moment; Yang & Schoenholz 2017, De & Smith
-    2020) instead of a :class:`Prediction`.
+    (:func:`initjax.theory.predict` sends any other network to
+    :func:`initjax.theory.residual.predict_residual`.)
 
     Args:
       config: an :class:`~initjax.config.NetworkConfig`, or a plain
@@ -1587,12 +1583,7 @@ def predict(config: Any, *, num: int = DEFAULT_NUM, num_2d: tuple[int, int] = DE
       ValueError: for a normalized plain network, or an initializer whose second moment is unknown.
     """
     from initjax.config import as_config
-    from initjax.network import Network
 
-    if isinstance(config, Network) and not config.is_plain:
-        from initjax.residual_theory import predict_residual
-
-        return predict_residual(config, num=num, num_2d=num_2d)  # type: ignore[return-value]
     config = as_config(config)
     if config.norm != "none":
         raise ValueError(

@@ -10,7 +10,7 @@ infinite-width limit, per stream coordinate ``x_i`` and for two distinct example
     chi = E[(dL/dx_i)^2]     the gradient second moment for an N(0, 1) output cotangent
 
 Layer maps (``sigma_w2 = n_in E[W^2]`` and ``E[b]``, ``E[b^2]`` from the initializers, exactly as
-:func:`initjax.theory.predict`; ``mu`` = the multiplier):
+:func:`initjax.theory.meanfield.predict`; ``mu`` = the multiplier):
 
 * weights ``h = mu x W + b``: ``m' = E[b]``, ``q' = mu^2 sigma_w2 q + E[b^2]``,
   ``c' = mu^2 sigma_w2 c + E[b^2]`` (the bias is shared by the examples); backward
@@ -106,7 +106,7 @@ from initjax import activations as _activations
 from initjax import initializers as _initializers
 from initjax._checks import check_choice, check_float, check_int
 from initjax.network import Dense, Network, Residual
-from initjax.theory import (
+from initjax.theory.meanfield import (
     DEFAULT_NUM,
     DEFAULT_NUM_2D,
     gaussian_expectation,
@@ -356,7 +356,7 @@ def predict_residual(
     learnable), ``beta^2 = network.expected_stream_variance()`` of the block for
     ``beta="expected"``. Fixup's scalar biases and multipliers are 0 and 1 at init: nothing.
 
-    On a plain stack of Dense layers without norms this equals :func:`initjax.theory.predict`:
+    On a plain stack of Dense layers without norms this equals :func:`initjax.theory.meanfield.predict`:
     ``q`` is its ``out_second_moment`` and ``grad`` its ``grad_act_var`` (for zero-mean biases).
 
     Args:
