@@ -19,6 +19,7 @@ from initjax.network import (
     Repeat,
     Residual,
     block_from_dict,
+    fixup,
     register_block,
 )
 
@@ -112,6 +113,20 @@ def test_multipliers_are_part_of_the_description():
         (lambda: Network.from_dict({"in_width": 4, "stages": [], "depth": 3}), ValueError,
          r"unknown Network fields \['depth'\]"),
         (lambda: block_from_dict({"kind": "attention"}), ValueError, "kind' must be one of"),
+        # issue 14's list: a negative or NaN branch scale, Fixup without residual blocks, an unknown
+        # norm position; and the new fields
+        (lambda: Residual((Dense(4),), alpha=-0.5), ValueError, "alpha must be >= 0.0, got -0.5"),
+        (lambda: Residual((Dense(4),), alpha=math.nan), ValueError, "alpha must be finite, got nan"),
+        (lambda: fixup(Network.mlp(3, 4)), ValueError, "Fixup needs residual blocks"),
+        (lambda: fixup(Network.residual_mlp(2, 4)), ValueError, "m >= 2 layers"),
+        (lambda: fixup(Network.residual_mlp(2, 4, branch_layers=2), base_init="xavier_normal"),
+         ValueError, "base_init must be 'he_normal' or 'he_uniform'"),
+        (lambda: Residual((Dense(4),), norm_position="middle"), ValueError, "norm_position must be one of 'pre', 'post'"),
+        (lambda: Residual((Dense(4),), beta="measured"), ValueError, "beta must be one of 'none', 'expected'"),
+        (lambda: Residual((Dense(4),), scalar_biases="yes"), TypeError, "scalar_biases must be a bool"),
+        (lambda: Dense(4, preactivation=None), TypeError, "preactivation must be a bool"),
+        (lambda: Network.residual_mlp(3, 4, branch_layers=3), ValueError, "branch_layers must be one of 1, 2"),
+        (lambda: as_config(Network(4, (Dense(4, preactivation=True),))), ValueError, "preactivation=True"),
     ],
 )
 def test_bad_descriptions_are_refused_naming_the_value(make, error, match):
