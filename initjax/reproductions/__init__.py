@@ -106,6 +106,31 @@ _REPRODUCTIONS = {
             "Klambauer et al. 2017: SELU with Var[w] = 1/n drives activation mean/variance to the "
             "fixed point (0, 1) from other starting points; tanh and ReLU do not.",
         ),
+        Reproduction(
+            "yang2017-residual-meanfield",
+            "yang2017_residual_meanfield",
+            "Yang & Schoenholz 2017: tanh and ReLU residual nets at init, stream variance, "
+            "correlation and gradients over depth, measured against the full and reduced recursions.",
+        ),
+        Reproduction(
+            "desmith2020-skipinit",
+            "desmith2020_skipinit",
+            "De & Smith 2020: stream and branch variance per block with and without batch norm (linear "
+            "growth vs 2^l, branch share vs 1/(l+1)); 100-block residual MLPs trained with SkipInit vs "
+            "alpha = 1 without norm vs batch norm.",
+        ),
+        Reproduction(
+            "zhang2019-fixup",
+            "zhang2019_fixup",
+            "Zhang et al. 2019 (Fixup): per-layer gradient norms at init of deep residual nets, standard "
+            "vs Fixup init, and a deep residual net trained without normalization with each.",
+        ),
+        Reproduction(
+            "brock2021-spp",
+            "brock2021_spp",
+            "Brock, De & Smith 2021: signal propagation plots (channel squared mean, channel variance, "
+            "branch variance per block) of BN-ReLU, ReLU-BN, NF with He init and NF with scaled WS.",
+        ),
     )
 }
 
