@@ -34,6 +34,10 @@ FIGURES = {
     "saxe2014-spectra": ["spectra", "spread"],
     "yang2019-bn-gradients": ["bn-gradients"],
     "selu-fixed-point": ["fixed-point"],
+    "yang2017-residual-meanfield": ["residual-meanfield"],
+    "desmith2020-skipinit": ["variance-at-init", "training"],
+    "zhang2019-fixup": ["gradient-norms", "training"],
+    "brock2021-spp": ["spp-bn", "spp-nf"],
 }
 
 
