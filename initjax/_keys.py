@@ -60,7 +60,10 @@ def as_key(key_or_seed: Any, name: str = "key", *, impl: str = DEFAULT_IMPL) -> 
     if isinstance(key_or_seed, jax.Array | np.ndarray) and not is_key(key_or_seed):
         if key_or_seed.shape == (2,) and key_or_seed.dtype == np.uint32:
             return jax.random.wrap_key_data(jnp.asarray(key_or_seed))
+    if isinstance(key_or_seed, jax.Array | np.ndarray):  # an array's repr spans lines
+        got = f"an array of shape {tuple(key_or_seed.shape)} and dtype {key_or_seed.dtype}"
+    else:
+        got = f"{key_or_seed!r} ({type(key_or_seed).__name__})"
     raise TypeError(
-        f"{name} must be a non-negative int seed or a single JAX PRNG key (jax.random.key(0)), "
-        f"got {key_or_seed!r} ({type(key_or_seed).__name__})"
+        f"{name} must be a non-negative int seed or a single JAX PRNG key (jax.random.key(0)), got {got}"
     )

@@ -10,12 +10,16 @@
     initjax reproduce seed-demo --out results/seed-demo
     initjax reproduce --list
 
-Bad arguments print ``initjax: error: ...`` naming the value and what is allowed, and exit 2.
+Bad arguments print one line ``initjax: error: ...`` naming the value and what is allowed, and
+exit 2, before any work (argparse's own errors too, without the usage block). An ``--out`` folder
+is held by one process at a time: a second ``initjax`` writing it is refused, naming the first's
+pid (``initjax._io.claim_dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -105,12 +109,21 @@ def _check_mlp_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --arch residual only")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: ``initjax: error: ...`` and exit 2, without the
+    usage block (``--help`` shows it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"initjax: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from initjax.config import PLACEMENTS
     from initjax.engine import COTANGENTS
     from initjax.network import NORMS as NETWORK_NORMS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="initjax",
         description="Signal propagation in deep networks at initialization: measure, predict, reproduce.",
     )
@@ -196,7 +209,9 @@ def _format_table(result) -> str:
         cells = []
         for name, _ in _TABLE_COLUMNS:
             mean, sd = row[name], row.get(name + "_sd", 0.0)
-            cells.append(f"{mean:>10.3g} +-{sd:<7.2g}")
+            # an overflowed statistic is inf (data) with no spread: no "+- nan" beside it
+            spread = f"+-{sd:<7.2g}" if sd == sd else " " * 9
+            cells.append(f"{mean:>10.3g} {spread}")
         lines.append(f"{row['layer']:>5} " + " ".join(cells) + f" {row['nonfinite']:>9d}")
     return "\n".join(lines)
 
@@ -211,14 +226,27 @@ def _devices(value: str | None) -> int | str | None:
 
 
 def _cmd_propagate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from initjax import _io
+
+    if args.out is not None:
+        _io.check_out_dir(args.out, "--out")
+    # one writer per --out folder: a second process is refused, naming the holder's pid
+    claim = _io.claim_dir(args.out, "--out") if args.out is not None else contextlib.nullcontext()
+    # an overflowed run's statistics are inf: their spread over seeds is NaN by design (numpy's
+    # "invalid value" warnings there would only add lines to stderr; NonFiniteWarning says it once)
+    with claim, np.errstate(invalid="ignore", over="ignore"):
+        if args.arch == "residual":
+            return _propagate_residual(args)
+        return _propagate_mlp(args)
+
+
+def _propagate_mlp(args: argparse.Namespace) -> int:
     from initjax import _io, plotting
     from initjax.config import NetworkConfig
     from initjax.engine import FallbackWarning, NonFiniteWarning, propagate
 
-    if args.out is not None:
-        _io.check_out_dir(args.out, "--out")
-    if args.arch == "residual":
-        return _propagate_residual(args)
     _check_mlp_flags(args)
     config = NetworkConfig(
         depth=args.depth,
@@ -243,11 +271,7 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
         )
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)
-    prediction = None
-    if args.theory:
-        from initjax import theory
-
-        prediction = theory.predict(config)
+    prediction = _predict_unless_overflow(config) if args.theory else None
     payload = result.to_json_dict()
     if prediction is not None:
         for row, i in zip(payload["layers"], range(config.depth)):
@@ -279,6 +303,21 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
         _io.save_figure(fig, args.out / "variance")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _predict_unless_overflow(config):
+    """``theory.predict(config)``, or None with a warning when the recursion overflows (a net whose
+    variance grows past float range: the measured table is still printed, with inf)."""
+    from initjax import theory
+
+    try:
+        return theory.predict(config)
+    except (ValueError, FloatingPointError, OverflowError) as err:
+        if "finite" not in str(err) and not isinstance(err, FloatingPointError | OverflowError):
+            raise
+        print(f"initjax: warning: the mean-field prediction overflowed ({err}); showing the measurement "
+              "only", file=sys.stderr)
+        return None
 
 
 def _propagate_residual(args: argparse.Namespace) -> int:
@@ -335,7 +374,8 @@ def _format_block_table(result, payload) -> str:
     header = f"{'block':>5} " + " ".join(f"{title:>19}" for _, title in _BLOCK_COLUMNS) + f" {'nonfinite':>9}"
     lines = [f"{result.network.name}: {result.seeds} seeds, mean +- sd over seeds", header]
     for row in payload["layers"]:
-        cells = [f"{row[n]:>10.3g} +-{row[n + '_sd']:<7.2g}" for n, _ in _BLOCK_COLUMNS]
+        cells = [f"{row[n]:>10.3g} " + (f"+-{row[n + '_sd']:<7.2g}" if row[n + "_sd"] == row[n + "_sd"]
+                                         else " " * 9) for n, _ in _BLOCK_COLUMNS]
         lines.append(f"{row['block']:>5} " + " ".join(cells) + f" {row['nonfinite']:>9d}")
         if "q_pred" in row:
             lines.append(f"{'pred':>5} {row['q_pred']:>10.3g} (q)  branch {row['branch_var_pred']:.3g}  "
@@ -369,6 +409,11 @@ def _cmd_theory(args: argparse.Namespace) -> int:
     from initjax._checks import check_float, check_int
 
     if args.arch == "residual":
+        # before the network is walked block by block: a typo cannot hang
+        check_int("depth", args.depth, minimum=1)
+        if args.depth > theory.MAX_DEPTH:
+            raise ValueError(f"--depth must be <= {theory.MAX_DEPTH} (one value per block is computed "
+                             f"and kept), got {args.depth}")
         return _theory_residual(args)
     _check_mlp_flags(args)
     for flag, default in (("init", "he_normal"), ("width", 1024), ("batch", 16), ("norm", "none")):
@@ -419,8 +464,9 @@ def _cmd_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     out = args.out if args.out is not None else Path("results") / args.name
     reproductions.get(args.name)  # an unknown name is refused before the output is touched
     _io.check_out_dir(out, "--out")
-    report = reproductions.run(args.name, out, quick=args.quick, seeds=args.seeds,
-                               progress=False if args.quiet else None, data_dir=args.data_dir)
+    with _io.claim_dir(out, "--out"):  # one writer per folder
+        report = reproductions.run(args.name, out, quick=args.quick, seeds=args.seeds,
+                                   progress=False if args.quiet else None, data_dir=args.data_dir)
     failed = [c["check"] for c in report.get("checks", []) if not c["pass"]]
     print(f"{args.name}: wrote {out} in {report.get('seconds', float('nan')):.0f} s; "
           f"{len(report.get('checks', [])) - len(failed)}/{len(report.get('checks', []))} checks pass")
@@ -464,8 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_theory(args)
         return _cmd_reproduce(args, parser)
     except (ValueError, TypeError, MemoryError, OSError) as err:  # OSError: files, permissions
-        print(f"initjax: error: {err}", file=sys.stderr)
+        print(f"initjax: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("initjax: error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ def variance_curves(
     labels = list(labels) if labels is not None else [r.config.name for r in results]
     if len(labels) != len(results):
         raise ValueError(f"got {len(labels)} labels for {len(results)} results")
+    drawn: list[np.ndarray] = []  # every plotted y value, to check the log axis has one
     for i, r in enumerate(results):
         if not hasattr(r.stats, stat) or np.asarray(getattr(r.stats, stat)).ndim != 2:
             allowed = [f for f in r.stats._fields if np.asarray(getattr(r.stats, f)).ndim == 2]
@@ -197,14 +198,30 @@ def variance_curves(
         (line,) = ax.plot(layers, med, "o-", ms=3, label=label)
         ax.fill_between(layers, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         _mark_bad(ax, bad_layers, line.get_color())
+        drawn.extend(v for v in (med, lo, hi) if v is not None)
         if theory is not None and theory[i] is not None:
-            ax.plot(layers, np.asarray(theory[i]), "--", color=line.get_color(), lw=1)
+            predicted = theory_curve(theory[i], log=log)
+            drawn.append(predicted)
+            ax.plot(layers, predicted, "--", color=line.get_color(), lw=1)
     if log:
         ax.set_yscale("log")
+        _fix_empty_log_axis(ax, drawn)
     ax.set_xlabel("layer")
     ax.set_ylabel(_STAT_LABELS.get(stat, stat))
     ax.legend(fontsize=7)
     return ax
+
+
+def _fix_empty_log_axis(ax: Axes, drawn: Sequence[np.ndarray]) -> None:
+    """A log axis with no finite positive value to show (every point overflowed, or is 0) cannot
+    autoscale: matplotlib raises "Data cannot be log-scaled" when the figure is drawn. Give it
+    fixed limits and say why it is empty, so the figure still renders."""
+    values = np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in drawn]) if drawn else np.zeros(0)
+    if np.any(np.isfinite(values) & (values > 0)):
+        return
+    ax.set_ylim(0.1, 10.0)
+    ax.text(0.5, 0.5, "no finite positive value to show\n(every point overflowed or is <= 0)",
+            transform=ax.transAxes, ha="center", va="center", fontsize=8, color="red")
 
 
 def theory_curve(values: Sequence[float] | np.ndarray | None, *, log: bool = True) -> np.ndarray | None:

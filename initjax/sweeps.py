@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import inspect
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ import jax
 import numpy as np
 
 from initjax import _io
+from initjax._checks import check_int
 from initjax.config import NetworkConfig
 from initjax.engine import BlockPropagation, Propagation, propagate, propagate_shared, shareable
 from initjax.engine.propagation import check_configs
@@ -151,7 +151,13 @@ def _read_index(d: Path) -> dict | None:
     path = d / "sweep.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    index = _io.read_json(path, "sweep index")
+    entries = index.get("entries")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "status" in e and "config" in e
+                                                for e in entries):
+        raise ValueError(f"{path}: unreadable or incomplete sweep index (its 'entries' are not a list "
+                         "of {status, config} records); use a new out folder")
+    return index
 
 
 # propagate's arguments that are not part of a run's identity (how it shows progress, not what it
@@ -255,16 +261,26 @@ def sweep(
       **propagate_kwargs: passed to :func:`~initjax.propagate` (cotangent, bins, ranges, devices...).
     """
     configs = _descriptions(configs)
-    d = Path(out) if out is not None else None
+    seeds = check_int("seeds", seeds, minimum=1)
+    identity = _identity(seeds, key, propagate_kwargs)
+    if out is None:
+        return _sweep(configs, seeds, key, None, quiet, share_draws, identity, propagate_kwargs)
+    d = _io.check_out_dir(out, "out")
+    with _io.claim_dir(d, "sweep folder"):  # one writer per folder: a second process is refused
+        return _sweep(configs, seeds, key, d, quiet, share_draws, identity, propagate_kwargs)
+
+
+def _sweep(configs, seeds, key, d: Path | None, quiet, share_draws, identity, propagate_kwargs) -> Sweep:
     results: list[Propagation | None] = [None] * len(configs)
     done: set[int] = set()
-    identity = _identity(seeds, key, propagate_kwargs)
     if d is not None:
         index = _read_index(d)
-        if index is not None:
+        # an index with nothing finished (a call refused by propagate after the index was
+        # written) holds no numbers to mistake for this call's: it is simply rewritten
+        if index is not None and any(e.get("status") == "done" for e in index["entries"]):
             _check_same_run(d, index.get("identity"), identity)
             for i, e in enumerate(index["entries"]):
-                if i < len(configs) and e["status"] == "done" and e["config"] == configs[i].to_dict():
+                if i < len(configs) and e.get("status") == "done" and e.get("config") == configs[i].to_dict():
                     loaded = _load_entry(d / f"{i:03d}")
                     if loaded.config != configs[i]:
                         raise ValueError(

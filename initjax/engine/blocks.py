@@ -42,7 +42,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -55,7 +54,7 @@ import numpy as np
 
 from initjax import _io
 from initjax._checks import check_choice, check_int
-from initjax.engine.executor import chunk_capacity, default_lanes, resolve_budget
+from initjax.engine.executor import check_host_memory, chunk_capacity, default_lanes, resolve_budget
 from initjax.engine.sampling import (
     COTANGENTS,
     REMAT_POLICY,
@@ -66,7 +65,13 @@ from initjax.engine.sampling import (
     seed_keys,
     split_seed_key,
 )
-from initjax.engine.stats import finite_moments, mean_cosine, overflowed_rows, weight_grad_stats
+from initjax.engine.stats import (
+    finite_moments,
+    mean_cosine,
+    overflowed_rows,
+    seed_mean_sd,
+    weight_grad_stats,
+)
 from initjax.network import Dense, Network, Residual
 
 __all__ = [
@@ -178,9 +183,7 @@ class BlockPropagation:
             row: dict[str, Any] = {"layer": i + 1, "block": i + 1}
             for name, field in _TABLE_FIELDS.items():
                 values = np.asarray(getattr(self.stats, field))[:, i].astype(np.float64)
-                finite = values[~np.isnan(values)]
-                row[name] = float(finite.mean()) if finite.size else float("nan")
-                row[name + "_sd"] = float(finite.std()) if finite.size > 1 else 0.0
+                row[name], row[name + "_sd"] = seed_mean_sd(values)
             norms = np.asarray(self.stats.weight_grad_norm)[:, i].astype(np.float64)
             row["weight_grad_norm"] = [float(np.nanmean(c)) if np.isfinite(c).any() else float("nan")
                                        for c in norms.T]
@@ -216,13 +219,10 @@ class BlockPropagation:
         for name in ("network.json", "stats.npz", "meta.json"):
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d / name} is missing: not a saved BlockPropagation directory")
-        try:
-            network = Network.from_dict(json.loads((d / "network.json").read_text()))
-            meta = json.loads((d / "meta.json").read_text())
-            with np.load(d / "stats.npz") as z:
-                stats = BlockStats(**{f: z[f] for f in BlockStats._fields})
-        except (ValueError, KeyError, OSError) as err:
-            raise ValueError(f"{d} holds an unreadable or incomplete saved result: {err}") from None
+        with _io.reading(d / "network.json", "saved network description"):
+            network = Network.from_dict(_io.read_json(d / "network.json"))
+        meta = _io.read_json(d / "meta.json", "saved run metadata")
+        stats = BlockStats(**_io.load_npz(d / "stats.npz", BlockStats._fields, "saved statistics"))
         seconds = meta.get("seconds")
         return cls(network, stats, meta.get("key"), meta.get("cotangent", "normal"),
                    meta.get("prng_impl", "philox2x32"),
@@ -584,6 +584,9 @@ def propagate_blocks(
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
     seeds = check_int("seeds", seeds, minimum=1)
+    # before anything walks the blocks: a huge seed count or depth is refused with its estimate
+    layers = max(len(_block_layers(s.block)) for s in network.stages)
+    check_host_memory(seeds, network.depth, len(BlockStats._fields) + layers, "block engine")
     seed_offset = check_int("seed_offset", seed_offset, minimum=0)
     check_choice("cotangent", cotangent, COTANGENTS)
     remat, jit = bool(remat), bool(jit)

@@ -31,6 +31,7 @@ from initjax.engine.stats import LayerStats, MeasureOptions
 __all__ = [
     "DEFAULT_BUDGET",
     "SAMPLERS",
+    "check_host_memory",
     "chunk_capacity",
     "compiled_program",
     "default_lanes",
@@ -133,6 +134,44 @@ def resolve_budget(memory_budget: float | None) -> float:
         env = os.environ.get("INITJAX_MEMORY_BUDGET")
         return float(env) if env else float(DEFAULT_BUDGET)
     return check_float("memory_budget", memory_budget, minimum=0.0, strict_minimum=True)
+
+
+def host_budget() -> float:
+    """Bytes of per-seed results a call may keep in host memory: ``INITJAX_HOST_BUDGET``, else
+    half of this machine's physical memory (8 GiB where it cannot be read)."""
+    env = os.environ.get("INITJAX_HOST_BUDGET")
+    if env:
+        return check_float("INITJAX_HOST_BUDGET", float(env), minimum=0.0, strict_minimum=True)
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 8.0 * 2**30
+
+
+def check_host_memory(seeds: int, depth: int, values_per_layer: int, what: str) -> int:
+    """Refuse, before any work, a call whose per-seed results would not fit in host memory.
+
+    Every seed keeps ``values_per_layer`` 4-byte numbers for each of ``depth`` layers (or blocks),
+    plus its key and index (24 bytes); the chunks' pieces and their concatenation coexist for a
+    moment, so the results are counted twice. The device side is bounded separately, per chunk
+    (:func:`plan_chunks`). Returns the estimated bytes.
+
+    Raises:
+      MemoryError: with the estimate, the budget (:func:`host_budget`) and the largest seed count
+        that fits.
+    """
+    per_seed = 2 * (4 * depth * values_per_layer + 24)
+    need = seeds * per_seed
+    budget = host_budget()
+    if need > budget:
+        fits = int(budget // per_seed)
+        raise MemoryError(
+            f"seeds={seeds} of depth {depth} ({what}) would keep about {need / 2**30:.3g} GiB of "
+            f"per-seed statistics in host memory ({per_seed} bytes a seed), over the "
+            f"{budget / 2**30:.3g} GiB allowed (half of this machine's memory, or INITJAX_HOST_BUDGET): "
+            + (f"run at most {fits} seeds per call (seed_offset continues a run)" if fits else
+               "even one seed does not fit; use fewer layers"))
+    return need
 
 
 def plan_chunks(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import time
 import warnings
@@ -42,7 +41,14 @@ from initjax._checks import check_choice, check_float, check_int
 from initjax.config import NetworkConfig, as_config
 from initjax.engine.blocks import BlockPropagation, propagate_blocks
 from initjax.engine.dense import estimate_memory
-from initjax.engine.executor import SAMPLERS, default_lanes, plan_chunks, run_chunks, run_unjitted
+from initjax.engine.executor import (
+    SAMPLERS,
+    check_host_memory,
+    default_lanes,
+    plan_chunks,
+    run_chunks,
+    run_unjitted,
+)
 from initjax.engine.sampling import (
     COTANGENTS,
     PRNG_IMPLS,
@@ -53,7 +59,13 @@ from initjax.engine.sampling import (
     seed_keys,
     split_seed_key,
 )
-from initjax.engine.stats import LayerStats, MeasureOptions, check_range, histogram_edges
+from initjax.engine.stats import (
+    LayerStats,
+    MeasureOptions,
+    check_range,
+    histogram_edges,
+    seed_mean_sd,
+)
 from initjax.network import Network
 
 __all__ = [
@@ -116,8 +128,8 @@ class Propagation:
         return [int(i) + 1 for i in np.flatnonzero(bad)]
 
     def layer_table(self) -> list[dict[str, Any]]:
-        """One dict per layer: each scalar statistic's mean over seeds (NaN-ignoring) and, as
-        ``<name>_sd``, its standard deviation over seeds. ``nonfinite`` sums forward and
+        """One dict per layer: each scalar statistic's mean over seeds (NaN-ignoring; inf where a
+        seed's value overflowed to inf) and, as ``<name>_sd``, its standard deviation over seeds. ``nonfinite`` sums forward and
         backward counts over seeds. This is the JSON schema of ``initjax propagate --json``."""
         rows = []
         for i in range(self.config.depth):
@@ -127,9 +139,7 @@ class Propagation:
                 if reducer == "sum":
                     row[name] = int(values.sum())
                     continue
-                finite = values[np.isfinite(values)]
-                row[name] = float(finite.mean()) if finite.size else float("nan")
-                row[name + "_sd"] = float(finite.std()) if finite.size > 1 else 0.0
+                row[name], row[name + "_sd"] = seed_mean_sd(values)
             row["nonfinite"] = int(
                 np.asarray(self.stats.nonfinite)[:, i].sum() + np.asarray(self.stats.grad_nonfinite)[:, i].sum()
             )
@@ -166,16 +176,22 @@ class Propagation:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Propagation:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote.
+
+        Raises:
+          FileNotFoundError: a file is missing; ValueError: a file is truncated, garbage or
+            holds other fields (the message names the file).
+        """
         d = Path(directory)
         for name in ("config.json", "stats.npz", "meta.json"):
             if not (d / name).exists():
                 raise FileNotFoundError(f"{d / name} is missing: not a saved Propagation directory")
-        config = NetworkConfig.from_dict(json.loads((d / "config.json").read_text()))
-        meta = json.loads((d / "meta.json").read_text())
-        with np.load(d / "stats.npz") as z:
-            stats = LayerStats(**{f: z[f] for f in LayerStats._fields})
-            act_edges, grad_edges = z["act_edges"], z["grad_edges"]
+        with _io.reading(d / "config.json", "saved network config"):
+            config = NetworkConfig.from_dict(_io.read_json(d / "config.json"))
+        meta = _io.read_json(d / "meta.json", "saved run metadata")
+        z = _io.load_npz(d / "stats.npz", (*LayerStats._fields, "act_edges", "grad_edges"), "saved statistics")
+        stats = LayerStats(**{f: z[f] for f in LayerStats._fields})
+        act_edges, grad_edges = z["act_edges"], z["grad_edges"]
         seconds = meta.get("seconds")
         return cls(
             config=config,
@@ -401,11 +417,15 @@ def _propagate(
 ) -> list[Propagation]:
     """:func:`propagate` of ``configs`` (one, or a shareable group); ``args``: propagate's
     arguments but ``config``, by name."""
-    configs = tuple(as_config(c) for c in configs)
     seeds = check_int("seeds", args["seeds"], minimum=1)
+    bins = check_int("bins", args["bins"], minimum=1)
+    for c in configs:  # before the configs are lowered: a huge depth is refused, not expanded
+        depth = getattr(c, "depth", None)
+        if isinstance(depth, int):
+            check_host_memory(seeds, depth, len(LayerStats._fields) + 2 * bins, f"{len(configs)} config(s)")
+    configs = tuple(as_config(c) for c in configs)
     seed_offset = check_int("seed_offset", args["seed_offset"], minimum=0)
     cotangent = check_choice("cotangent", args["cotangent"], COTANGENTS)
-    bins = check_int("bins", args["bins"], minimum=1)
     opts = MeasureOptions(
         act_range=check_range("act_range", args["act_range"]),
         grad_range=check_range("grad_range", args["grad_range"]),

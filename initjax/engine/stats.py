@@ -44,6 +44,7 @@ __all__ = [
     "check_range",
     "percentiles",
     "moments",
+    "seed_mean_sd",
 ]
 
 
@@ -376,3 +377,16 @@ def _from_ordered_bits(key: jax.Array) -> jax.Array:
     """The float32 whose order-preserving bit key (see :func:`percentiles`) is ``key``."""
     back = jnp.where((key >> 31) == 1, key & jnp.uint32(0x7FFFFFFF), ~key)
     return jax.lax.bitcast_convert_type(back, jnp.float32)
+
+
+def seed_mean_sd(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation over seeds, ignoring NaN (a seed with no finite entry). A
+    variance beyond float32 is inf and stays inf in the mean (it is data, not a gap); the spread
+    of values that include inf is NaN."""
+    kept = values[~np.isnan(values)]
+    if not kept.size:
+        return float("nan"), 0.0
+    if not np.all(np.isfinite(kept)):
+        with np.errstate(invalid="ignore"):
+            return float(kept.sum()), float("nan")  # +inf, -inf, or NaN for both signs
+    return float(kept.mean()), float(kept.std()) if kept.size > 1 else 0.0

@@ -11,6 +11,7 @@ for a finished one, and writes both reports atomically at the end (:func:`finish
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -23,9 +24,22 @@ from initjax import _io
 __all__ = ["Started", "begin", "start", "finish", "header", "checks_table", "fmt", "slug"]
 
 
+# the output folders this process holds (:func:`begin` claims, :func:`finish` releases)
+_CLAIMS: dict[Path, contextlib.ExitStack] = {}
+
+
 def begin(out: str | Path, name: str) -> Path:
-    """Mark ``out/report.json`` as an incomplete run of ``name``; returns ``out`` as a Path."""
+    """Claim ``out`` for this process (``_io.claim_dir``: a second process writing the same folder
+    is refused, naming this one's pid) and mark ``out/report.json`` as an incomplete run of
+    ``name``; returns ``out`` as a Path. :func:`finish` releases the folder; a run that raises
+    keeps it until this process ends (a later run in this process takes it over, another process
+    once this one is gone)."""
     out = Path(out)
+    key = out.resolve()
+    if key not in _CLAIMS:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_io.claim_dir(out, f"{name} output folder"))
+        _CLAIMS[key] = stack
     _io.write_json(out / "report.json", {"name": name, "status": "incomplete"})
     return out
 
@@ -63,6 +77,9 @@ def finish(out: Path, report: dict[str, Any], markdown: str) -> dict[str, Any]:
     """Write ``report.md`` then ``report.json`` (atomically, the latter last); returns ``report``."""
     _io.write_text(out / "report.md", markdown)
     _io.write_json(out / "report.json", report)
+    stack = _CLAIMS.pop(Path(out).resolve(), None)
+    if stack is not None:
+        stack.close()
     return report
 
 

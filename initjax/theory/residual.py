@@ -376,9 +376,9 @@ def predict_residual(
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
     num, num_2d = _check_num(num, num_2d)
+    if network.depth > _MAX_DEPTH:  # before the blocks are expanded
+        raise ValueError(f"depth must be <= {_MAX_DEPTH}, got {network.depth}")
     blocks = network.blocks
-    if len(blocks) > _MAX_DEPTH:
-        raise ValueError(f"depth must be <= {_MAX_DEPTH}, got {len(blocks)}")
     for i, stage in enumerate(network.stages):
         if not isinstance(stage.block, Dense | Residual):
             raise ValueError(f"stages[{i}] is a {type(stage.block).__name__} block; predict_residual "

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -52,7 +53,7 @@ from initjax import activations as _activations
 from initjax import data as _data
 from initjax import modules as _modules
 from initjax._checks import check_int
-from initjax._io import progress_bar, write_json, write_npz
+from initjax._io import claim_dir, progress_bar, read_json, reading, write_json, write_npz
 from initjax._registry import parse_spec
 from initjax.engine.stats import moments, percentiles
 from initjax.training.config import (
@@ -391,7 +392,7 @@ class _Run:
         write_npz(path, step=np.int64(self.step), **arrays)
 
     def load(self, path: Path) -> None:
-        with np.load(path) as z:
+        with reading(path, "training checkpoint"), open(path, "rb") as f, np.load(f) as z:
             leaves, treedef = jax.tree.flatten(self.state)
             stored = sorted(k for k in z.files if k.startswith("state_"))
             if len(stored) != len(leaves):
@@ -413,6 +414,17 @@ class _Run:
     @property
     def diverged_step(self) -> np.ndarray:
         return np.asarray(self.state.diverged_step)
+
+
+def _check_same_run(rdir: Path, stored: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """Refuse to resume a checkpoint written by another run (config, seeds, key, data or format):
+    its state would continue as this call's. The folder name is a digest of the identity, so this
+    is a check against a damaged or hand-copied folder."""
+    diffs = [k for k in sorted(set(stored) | set(identity)) if stored.get(k) != identity.get(k)]
+    if diffs:
+        raise ValueError(f"{rdir / 'config.json'} records another run ({', '.join(diffs)} differ); "
+                         "resuming would continue its state as this call's: remove the folder or "
+                         "use resume=False")
 
 
 def _fresh_run(cfg: TrainConfig, keys: jax.Array, in_shape: tuple[int, ...],
@@ -554,107 +566,109 @@ def compare(
     in_shapes = {m: tuple(v[0].shape[1:]) for m, v in flat.items()}
     device_x: dict[str, tuple[jax.Array, jax.Array]] = {}
 
-    run_dirs = [_run_dir(out_dir, c, ident) if out_dir is not None else None for c in configs]
-    if out_dir is not None:
-        write_json(out_dir / "compare.json", {
-            **ident, "runs": [{"label": c.label, "dir": d.name} for c, d in zip(configs, run_dirs)]
-        })
+    # one writer per folder: a second process training into it is refused, naming this pid
+    claim = claim_dir(out_dir, "training folder") if out_dir is not None else contextlib.nullcontext()
+    with claim:
+        run_dirs = [_run_dir(out_dir, c, ident) if out_dir is not None else None for c in configs]
+        if out_dir is not None:
+            write_json(out_dir / "compare.json", {
+                **ident, "runs": [{"label": c.label, "dir": d.name} for c, d in zip(configs, run_dirs)]
+            })
 
-    runs: list[_Run] = []
-    for cfg, rdir in zip(configs, run_dirs):
-        run = _fresh_run(cfg, model_keys, in_shapes[cfg.model], num_classes)
-        if rdir is not None and resume and (rdir / "checkpoint.npz").exists():
-            stored = json.loads((rdir / "config.json").read_text())
-            if stored.get("config") != cfg.to_dict():
-                raise ValueError(f"{rdir} holds a different config; remove it or use resume=False")
-            run.load(rdir / "checkpoint.npz")
-        runs.append(run)
+        runs: list[_Run] = []
+        for cfg, rdir in zip(configs, run_dirs):
+            run = _fresh_run(cfg, model_keys, in_shapes[cfg.model], num_classes)
+            if rdir is not None and resume and (rdir / "checkpoint.npz").exists():
+                stored = read_json(rdir / "config.json", "training run identity")
+                _check_same_run(rdir, stored, {"config": cfg.to_dict(), **json.loads(json.dumps(ident))})
+                run.load(rdir / "checkpoint.npz")
+            runs.append(run)
 
-    total = sum(c.steps - r.step for c, r in zip(configs, runs))
-    intervals_done = 0
-    trained: set[int] = set()
-    bar = progress_bar(total=total, desc="training", unit="step", disable=not show)
-    try:
-        for members in _groups(configs, runs):
-            cfg = configs[members[0]]
-            in_shape = in_shapes[cfg.model]
-            mfns = _model_fns(_model_key(cfg), in_shape, num_classes)
-            pfns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes)
-            labels = [configs[i].label or f"config {i}" for i in members]
-            bar.set_description(labels[0] if len(labels) == 1 else
-                                f"{labels[0]} +{len(labels) - 1} arms")
-            trained.update(members)
-            for i in members:
-                if run_dirs[i] is not None:
-                    write_json(run_dirs[i] / "config.json",
-                               {"config": configs[i].to_dict(), **ident})
-            if cfg.model not in device_x:
-                device_x[cfg.model] = (jnp.asarray(flat[cfg.model][0]), jnp.asarray(ytr))
-            x_dev, y_dev = device_x[cfg.model]
-            xtr_m, xte_m = flat[cfg.model]
-            probe = order[: min(cfg.probe_size, n_train)]
-            tr_eval = order[: min(cfg.train_eval_size, n_train)]
-            probe_xy = (jnp.asarray(xtr_m[probe]), jnp.asarray(ytr[probe]))
-            eval_sets = (_chunks(xtr_m[tr_eval], ytr[tr_eval], _EVAL_CHUNK, pad=True),
-                         _chunks(xte_m, yte, _EVAL_CHUNK, pad=True),
-                         _chunks(xte_m, yte, cfg.batch_size, pad=False))
-            state = _stack(tuple(runs[i].state for i in members))
-            numbers = {k: jnp.asarray([runs[i].numbers[k] for i in members], jnp.float32)
-                       for k in NUMERIC_FIELDS}
-            step = runs[members[0]].step
-
-            def measure(state=state, mfns=mfns, probe_xy=probe_xy, eval_sets=eval_sets):
-                rec = mfns.measure(state.params, state.model_state, *probe_xy, *eval_sets)
-                return {k: np.asarray(v) for k, v in rec.items()}
-
-            def record(rec, members=members):
-                for a, i in enumerate(members):
-                    for name, v in rec.items():
-                        runs[i].records.setdefault(name, []).append(v[a])
-
-            if step == 0 and not runs[members[0]].records:
-                record(measure())
-            if cfg.same_batches:
-                streams = [_index_stream(n_train, cfg.batch_size, _batch_seed(key, None), step)]
-            else:
-                streams = [_index_stream(n_train, cfg.batch_size, _batch_seed(key, s), step)
-                           for s in range(seeds)]
-            while step < cfg.steps:
-                k = min(cfg.record_every - step % cfg.record_every, cfg.steps - step)
-                idx = np.stack([np.stack([next(s) for _ in range(k)]) for s in streams])
-                state, loss = _run_interval(pfns, state, numbers, x_dev, y_dev, idx,
-                                            cfg.same_batches, sequential)
-                step += k
-                rec = measure(state)
-                rec["train_loss"] = np.asarray(loss)
-                record(rec)
-                for i, member_state in zip(members, _unstack(state, len(members))):
-                    runs[i].state = member_state
-                    runs[i].step = step
+        total = sum(c.steps - r.step for c, r in zip(configs, runs))
+        intervals_done = 0
+        trained: set[int] = set()
+        bar = progress_bar(total=total, desc="training", unit="step", disable=not show)
+        try:
+            for members in _groups(configs, runs):
+                cfg = configs[members[0]]
+                in_shape = in_shapes[cfg.model]
+                mfns = _model_fns(_model_key(cfg), in_shape, num_classes)
+                pfns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes)
+                labels = [configs[i].label or f"config {i}" for i in members]
+                bar.set_description(labels[0] if len(labels) == 1 else
+                                    f"{labels[0]} +{len(labels) - 1} arms")
+                trained.update(members)
+                for i in members:
                     if run_dirs[i] is not None:
-                        _checkpoint(run_dirs[i], configs[i], runs[i])
-                bar.update(k * len(members))
-                intervals_done += 1
-                if _stop_after is not None and intervals_done >= _stop_after:
-                    raise Interrupted(f"stopped after {intervals_done} intervals (test hook)")
-    finally:
-        bar.close()
+                        write_json(run_dirs[i] / "config.json",
+                                   {"config": configs[i].to_dict(), **ident})
+                if cfg.model not in device_x:
+                    device_x[cfg.model] = (jnp.asarray(flat[cfg.model][0]), jnp.asarray(ytr))
+                x_dev, y_dev = device_x[cfg.model]
+                xtr_m, xte_m = flat[cfg.model]
+                probe = order[: min(cfg.probe_size, n_train)]
+                tr_eval = order[: min(cfg.train_eval_size, n_train)]
+                probe_xy = (jnp.asarray(xtr_m[probe]), jnp.asarray(ytr[probe]))
+                eval_sets = (_chunks(xtr_m[tr_eval], ytr[tr_eval], _EVAL_CHUNK, pad=True),
+                             _chunks(xte_m, yte, _EVAL_CHUNK, pad=True),
+                             _chunks(xte_m, yte, cfg.batch_size, pad=False))
+                state = _stack(tuple(runs[i].state for i in members))
+                numbers = {k: jnp.asarray([runs[i].numbers[k] for i in members], jnp.float32)
+                           for k in NUMERIC_FIELDS}
+                step = runs[members[0]].step
 
-    records, models = [], []
-    for ci, (cfg, run, rdir) in enumerate(zip(configs, runs, run_dirs)):
-        rec = _assemble(cfg, run)
-        records.append(rec)
-        graphdef = _model_fns(_model_key(cfg), in_shapes[cfg.model], num_classes).graphdef
-        models.append(nnx.merge(graphdef, run.state.params, run.state.model_state))
-        if rdir is not None and (ci in trained or not (rdir / "records.npz").exists()):
-            arrays = {k: v for k, v in rec._asdict().items() if v is not None}
-            write_npz(rdir / "records.npz", **arrays)
-    return CompareResult(
-        configs=configs, records=tuple(records), seeds=seeds, key=key,
-        probe_index=order[: min(max(c.probe_size for c in configs), n_train)],
-        train_eval_index=order[: min(max(c.train_eval_size for c in configs), n_train)],
-        final_models=tuple(models), out=out_dir,
-    )
+                def measure(state=state, mfns=mfns, probe_xy=probe_xy, eval_sets=eval_sets):
+                    rec = mfns.measure(state.params, state.model_state, *probe_xy, *eval_sets)
+                    return {k: np.asarray(v) for k, v in rec.items()}
+
+                def record(rec, members=members):
+                    for a, i in enumerate(members):
+                        for name, v in rec.items():
+                            runs[i].records.setdefault(name, []).append(v[a])
+
+                if step == 0 and not runs[members[0]].records:
+                    record(measure())
+                if cfg.same_batches:
+                    streams = [_index_stream(n_train, cfg.batch_size, _batch_seed(key, None), step)]
+                else:
+                    streams = [_index_stream(n_train, cfg.batch_size, _batch_seed(key, s), step)
+                               for s in range(seeds)]
+                while step < cfg.steps:
+                    k = min(cfg.record_every - step % cfg.record_every, cfg.steps - step)
+                    idx = np.stack([np.stack([next(s) for _ in range(k)]) for s in streams])
+                    state, loss = _run_interval(pfns, state, numbers, x_dev, y_dev, idx,
+                                                cfg.same_batches, sequential)
+                    step += k
+                    rec = measure(state)
+                    rec["train_loss"] = np.asarray(loss)
+                    record(rec)
+                    for i, member_state in zip(members, _unstack(state, len(members))):
+                        runs[i].state = member_state
+                        runs[i].step = step
+                        if run_dirs[i] is not None:
+                            _checkpoint(run_dirs[i], configs[i], runs[i])
+                    bar.update(k * len(members))
+                    intervals_done += 1
+                    if _stop_after is not None and intervals_done >= _stop_after:
+                        raise Interrupted(f"stopped after {intervals_done} intervals (test hook)")
+        finally:
+            bar.close()
+
+        records, models = [], []
+        for ci, (cfg, run, rdir) in enumerate(zip(configs, runs, run_dirs)):
+            rec = _assemble(cfg, run)
+            records.append(rec)
+            graphdef = _model_fns(_model_key(cfg), in_shapes[cfg.model], num_classes).graphdef
+            models.append(nnx.merge(graphdef, run.state.params, run.state.model_state))
+            if rdir is not None and (ci in trained or not (rdir / "records.npz").exists()):
+                arrays = {k: v for k, v in rec._asdict().items() if v is not None}
+                write_npz(rdir / "records.npz", **arrays)
+        return CompareResult(
+            configs=configs, records=tuple(records), seeds=seeds, key=key,
+            probe_index=order[: min(max(c.probe_size for c in configs), n_train)],
+            train_eval_index=order[: min(max(c.train_eval_size for c in configs), n_train)],
+            final_models=tuple(models), out=out_dir,
+        )
 
 
 def _run_interval(fns: _ProgramFns, state: TrainState, numbers: dict[str, jax.Array], x, y,
