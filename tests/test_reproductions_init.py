@@ -10,9 +10,7 @@ the list and the reports stay true.
 import json
 
 import pytest
-
-from initjax import reproductions
-from initjax.cli import main
+from reproduction_checks import check_listed, check_quick_run
 
 # name -> files every run must write
 EXPECTED_FILES = {
@@ -43,31 +41,11 @@ KNOWN_FAILURES = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
 def test_quick_reproduction(tmp_path, name):
-    report = reproductions.run(name, tmp_path, quick=True, progress=False)
-    assert report["status"] == "done"
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["status"] == "done" and saved["name"] == name
-    failed = {c["check"] for c in saved["checks"] if not c["pass"]}
-    known = KNOWN_FAILURES.get(name, set())
-    unexpected = {c for c in failed if not any(c.startswith(k) for k in known)}
-    assert not unexpected, unexpected
-    for k in known:
-        assert any(c.startswith(k) for c in failed), f"{k!r} passes now: update KNOWN_FAILURES"
-    assert saved["all_pass"] == (not failed)
-    for c in saved["checks"]:
-        assert {"check", "measured", "pass"} <= set(c)
-    for f in ("report.md", *EXPECTED_FILES[name]):
-        assert (tmp_path / f).exists(), f
-    text = (tmp_path / "report.md").read_text()
-    assert ("**FAIL**" in text) == bool(failed)
+    check_quick_run(tmp_path, name, EXPECTED_FILES[name], KNOWN_FAILURES.get(name, ()))
 
 
 def test_listed_in_cli(capsys):
-    assert main(["reproduce", "--list"]) == 0
-    listed = capsys.readouterr().out
-    for name in EXPECTED_FILES:
-        assert name in listed
-        assert reproductions.get(name).name == name
+    check_listed(capsys, EXPECTED_FILES)
 
 
 def test_reports_start_settles_seeds_and_marks_the_run_incomplete(tmp_path):

@@ -6,14 +6,14 @@ Quick runs must write ``report.json`` with status ``"done"``, the figures (PNG a
 with the reason: the test fails if one of them starts to pass as well as if any other check fails.
 """
 
-import json
 import math
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reproduction_checks import check_quick_run
 
-from initjax import reproductions, theory
+from initjax import theory
 from initjax.reproductions import desmith2020_skipinit as desmith
 from initjax.reproductions import yang2017_residual_meanfield as yang
 
@@ -39,24 +39,8 @@ KNOWN_FAILURES = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
 def test_quick_reproduction(tmp_path, name):
-    report = reproductions.run(name, tmp_path, quick=True, progress=False)
-    assert report["status"] == "done"
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["status"] == "done" and saved["name"] == name
-    failed = {c["check"] for c in saved["checks"] if not c["pass"]}
-    known = KNOWN_FAILURES.get(name, set())
-    unexpected = {c for c in failed if not any(c.startswith(k) for k in known)}
-    assert not unexpected, unexpected
-    for k in known:
-        assert any(c.startswith(k) for c in failed), f"{k!r} passes now: update KNOWN_FAILURES"
-    assert saved["all_pass"] == (not failed)
-    for c in saved["checks"]:
-        assert {"check", "measured", "pass"} <= set(c)
-    for f in ("report.md", *EXPECTED_FILES[name]):
-        assert (tmp_path / f).exists(), f
-    text = (tmp_path / "report.md").read_text()
-    assert ("**FAIL**" in text) == bool(failed)
-    assert "Beside the paper" in text
+    check_quick_run(tmp_path, name, EXPECTED_FILES[name], KNOWN_FAILURES.get(name, ()),
+                    paper_heading="Beside the paper")
 
 
 def test_relu_frn_recursion_is_geometric():

@@ -4,12 +4,11 @@ Each runs end to end (compiles included) and must write ``report.json`` with sta
 its figures (PNG and PDF), data and ``report.md``, with every check passing.
 """
 
-import json
 
 import pytest
+from reproduction_checks import check_listed, check_quick_run
 
 from initjax import reproductions
-from initjax.cli import main
 
 # name -> files every run must write
 EXPECTED_FILES = {
@@ -27,27 +26,11 @@ EXPECTED_FILES = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
 def test_quick_reproduction(tmp_path, name):
-    report = reproductions.run(name, tmp_path, quick=True, progress=False)
-    assert report["status"] == "done"
-    saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["status"] == "done" and saved["name"] == name
-    failed = [c["check"] for c in saved["checks"] if not c["pass"]]
-    assert not failed, failed
-    assert saved["all_pass"] is True
-    for c in saved["checks"]:
-        assert {"check", "measured", "pass"} <= set(c)
-    for f in ("report.md", *EXPECTED_FILES[name]):
-        assert (tmp_path / f).exists(), f
-    text = (tmp_path / "report.md").read_text()
-    assert "**FAIL**" not in text and "Departures from the paper" in text
+    check_quick_run(tmp_path, name, EXPECTED_FILES[name], paper_heading="Departures from the paper")
 
 
 def test_listed_in_cli(capsys):
-    assert main(["reproduce", "--list"]) == 0
-    listed = capsys.readouterr().out
-    for name in EXPECTED_FILES:
-        assert name in listed
-        assert reproductions.get(name).name == name
+    check_listed(capsys, EXPECTED_FILES)
 
 
 def test_fixup_reproduction_refuses_one_seed(tmp_path):
