@@ -37,7 +37,7 @@ FIGURES = {
     "yang2017-residual-meanfield": ["residual-meanfield"],
     "desmith2020-skipinit": ["variance-at-init", "training"],
     "zhang2019-fixup": ["gradient-norms", "training"],
-    "brock2021-spp": ["spp-bn", "spp-nf"],
+    "brock2021-spp": ["spp-conv", "spp-bn", "spp-nf"],
 }
 
 

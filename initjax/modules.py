@@ -901,15 +901,34 @@ def ensemble_member(model: nnx.Module, index: int) -> nnx.Module:
 
 
 def _norm_of(norm: str, width: int, eps: float, bn_kwargs: Mapping[str, Any], param_dtype: Any,
-             rngs: nnx.Rngs) -> nnx.Module | None:
+             rngs: nnx.Rngs, spatial_rank: int = 0) -> nnx.Module | None:
+    """The norm module; on a spatial stream ``(batch, *spatial, C)`` batch norm reduces over
+    ``(batch, *spatial)`` per channel, layer and RMS norm over ``(*spatial, C)`` per example (the
+    block engine's definitions), with per-channel scale and bias."""
     if norm == "none":
         return None
     if norm == "batch":
         return BatchNorm(width, **{"epsilon": eps, "param_dtype": param_dtype, **bn_kwargs},
                          rngs=rngs)
+    axes = {"reduction_axes": tuple(range(-spatial_rank - 1, 0)), "feature_axes": -1}
     if norm == "layer":
-        return nnx.LayerNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs)
-    return nnx.RMSNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs)
+        return nnx.LayerNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs, **axes)
+    return nnx.RMSNorm(width, epsilon=eps, param_dtype=param_dtype, rngs=rngs, **axes)
+
+
+_CONV_SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
+               3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def _conv_same(x: Array, kernel: Array) -> Array:
+    """Stride-1 SAME convolution of ``x (batch, *spatial, C_in)`` with ``kernel (*k, C_in, C_out)``
+    (what ``nnx.Conv`` computes with ``padding="SAME"``)."""
+    rank = kernel.ndim - 2
+    if x.ndim != rank + 2:
+        raise ValueError(f"a conv layer with a {rank}-d kernel expects inputs (batch, *spatial, "
+                         f"channels) of rank {rank + 2}, got shape {x.shape}")
+    return jax.lax.conv_general_dilated(x, kernel, (1,) * rank, "SAME",
+                                        dimension_numbers=_CONV_SPECS[rank])
 
 
 # Brock et al.'s floor on var * fan_in in scaled weight standardization (deepmind-research
@@ -966,7 +985,10 @@ def scaled_weight_standardization(kernel: Array, gain: Array) -> Array:
 
 
 class DenseLayer(nnx.Module):
-    """A :class:`~initjax.network.Dense` layer with ``W: (n_in, n_out)`` and ``b: (n_out,)``.
+    """A :class:`~initjax.network.Dense` layer with ``W: (n_in, n_out)`` and ``b: (n_out,)``, or
+    a :class:`~initjax.network.Conv` layer with the kernel ``W: (*kernel_size, n_in, n_out)``
+    (``x W`` below is then the stride-1 SAME convolution of ``x (batch, *spatial, n_in)``, and
+    weight standardization is per output channel over ``(*kernel_size, n_in)``).
 
     The computation (``norm`` is the identity for ``norm="none"``)::
 
@@ -1000,13 +1022,20 @@ class DenseLayer(nnx.Module):
     """
 
     def __init__(self, layer: Any, in_features: int, *, bn_kwargs: Mapping[str, Any],
-                 param_dtype: Any, rngs: nnx.Rngs, scalar_biases: bool = False):
+                 param_dtype: Any, rngs: nnx.Rngs, scalar_biases: bool = False,
+                 spatial_rank: int = 0):
+        from initjax.network import Conv
+
         self.spec = layer
+        self.is_conv = isinstance(layer, Conv)
         key_w, key_b = rngs.params(), rngs.params()
-        self.kernel = nnx.Param(layer.init(key_w, (in_features, layer.width), param_dtype))
+        shape = ((*layer.kernel_shape(spatial_rank), in_features, layer.width) if self.is_conv
+                 else (in_features, layer.width))
+        self.kernel = nnx.Param(layer.init(key_w, shape, param_dtype))
         self.bias = nnx.Param(layer.bias_init(key_b, (layer.width,), param_dtype))
         norm_width = in_features if layer.preactivation else layer.width
-        self.norm = _norm_of(layer.norm, norm_width, layer.norm_eps, bn_kwargs, param_dtype, rngs)
+        self.norm = _norm_of(layer.norm, norm_width, layer.norm_eps, bn_kwargs, param_dtype, rngs,
+                             spatial_rank)
         self.gain = (nnx.Param(jnp.ones((layer.width,), param_dtype))
                      if layer.weight_standardization else None)
         if not isinstance(scalar_biases, bool):
@@ -1024,7 +1053,7 @@ class DenseLayer(nnx.Module):
         layer = self.spec
         if self.bias_linear is not None:
             u = u + self.bias_linear[...]
-        uw = u @ self.weight()
+        uw = _conv_same(u, self.weight()) if self.is_conv else u @ self.weight()
         return layer.multiplier * uw + self.bias[...].reshape(_broadcast_shape(uw.ndim, -1,
                                                                                layer.width))
 
@@ -1086,7 +1115,8 @@ class ResidualBlock(nnx.Module):
     """
 
     def __init__(self, block: Any, width: int, alpha: float, *, beta: float | None = None,
-                 bn_kwargs: Mapping[str, Any], param_dtype: Any, rngs: nnx.Rngs):
+                 bn_kwargs: Mapping[str, Any], param_dtype: Any, rngs: nnx.Rngs,
+                 spatial_rank: int = 0):
         self.spec = block
         if (block.beta == "expected") != (beta is not None):
             raise ValueError(
@@ -1096,11 +1126,13 @@ class ResidualBlock(nnx.Module):
             )
         self.beta = (None if beta is None
                      else check_float("beta", beta, minimum=0.0, strict_minimum=True))
-        self.norm = _norm_of(block.norm, width, block.norm_eps, bn_kwargs, param_dtype, rngs)
+        self.norm = _norm_of(block.norm, width, block.norm_eps, bn_kwargs, param_dtype, rngs,
+                             spatial_rank)
         layers, n_in = [], width
         for layer in block.branch:
             layers.append(DenseLayer(layer, n_in, bn_kwargs=bn_kwargs, param_dtype=param_dtype,
-                                     rngs=rngs, scalar_biases=block.scalar_biases))
+                                     rngs=rngs, scalar_biases=block.scalar_biases,
+                                     spatial_rank=spatial_rank))
             n_in = layer.width
         self.branch = nnx.List(layers)
         self.alpha = nnx.Param(jnp.asarray(alpha, param_dtype)) if block.learnable else alpha
@@ -1146,7 +1178,7 @@ class NetworkModule(nnx.Module):
                  batchnorm_kwargs: Mapping[str, Any] | None = None,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         from initjax.config import NetworkConfig
-        from initjax.network import Dense, Network, Residual
+        from initjax.network import Conv, Dense, Network, Residual
 
         if isinstance(network, NetworkConfig):
             network = network.network
@@ -1163,8 +1195,9 @@ class NetworkModule(nnx.Module):
         blocks, width = [], network.in_width
         stream_variance = network.expected_stream_variance()  # NF-ResNets' beta_l^2, per block
         for i, block in enumerate(network.blocks):
-            common = {"bn_kwargs": bn_kwargs, "param_dtype": param_dtype, "rngs": rngs}
-            if isinstance(block, Dense):
+            common = {"bn_kwargs": bn_kwargs, "param_dtype": param_dtype, "rngs": rngs,
+                      "spatial_rank": len(network.spatial)}
+            if isinstance(block, Dense | Conv):
                 blocks.append(DenseLayer(block, width, **common))
             elif isinstance(block, Residual):
                 beta = math.sqrt(stream_variance[i]) if block.beta == "expected" else None
@@ -1217,7 +1250,13 @@ class NetworkModule(nnx.Module):
         have the layer's input width (see :class:`DenseLayer`)."""
         x = jnp.asarray(x)
         n0 = self.description.in_width
-        if x.ndim < 1 or x.shape[-1] != n0:
+        spatial = self.description.spatial
+        if spatial:
+            if x.ndim != len(spatial) + 2 or x.shape[-1] != n0:
+                raise ValueError(f"the network expects inputs (batch, *spatial, {n0}) of rank "
+                                 f"{len(spatial) + 2} (spatial {spatial}, channels last), "
+                                 f"got shape {x.shape}")
+        elif x.ndim < 1 or x.shape[-1] != n0:
             raise ValueError(f"the network expects inputs (..., {n0}), got shape {x.shape}")
         inter: dict[str, list[Array]] = {"preact": [], "phi_input": [], "act": [], "hidden": []}
         for block in self.blocks:
@@ -1225,7 +1264,11 @@ class NetworkModule(nnx.Module):
             for k, v in parts.items():
                 inter[k].append(v)
             inter["hidden"].append(x)
-        out = self.readout(x) if self.readout is not None else x
+        if self.readout is not None and spatial:
+            # global average pooling over the spatial axes, then the linear readout
+            out = self.readout(x.mean(axis=tuple(range(1, 1 + len(spatial)))))
+        else:
+            out = self.readout(x) if self.readout is not None else x
         return out, inter
 
     def __call__(self, x: Array, *, use_running_average: bool | None = None,
@@ -1252,7 +1295,12 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
     :meth:`~initjax.network.Network.expected_stream_variance`), and Fixup's trained scalars for
     ``scalar_biases``. Norms:
     :class:`BatchNorm`, ``nnx.LayerNorm`` or ``nnx.RMSNorm`` with the block's epsilon. Parameters
-    are drawn block by block from ``rngs.params``.
+    are drawn block by block from ``rngs.params``. A :class:`~initjax.network.Conv` layer becomes
+    a :class:`DenseLayer` holding a conv kernel ``(*kernel_size, n_in, n_out)`` (stride 1, SAME
+    padding); a network with ``spatial`` axes takes inputs ``(batch, *spatial, in_width)``
+    (channels last), its norms reduce as the block engine's do (batch norm over ``(batch,
+    *spatial)``, layer and RMS norm over ``(*spatial, C)``), and the readout, if any, follows a
+    global average pooling over the spatial axes: ``out = mean_{spatial}(x^L) W_r + b_r``.
 
     Args:
       network: an :class:`initjax.network.Network` or :class:`initjax.NetworkConfig`.

@@ -30,6 +30,17 @@ Every Dense layer also carries a learning-rate multiplier (``lr_multiplier``): t
 that layer's updates by it (a parametrization's per-layer rule; it does not change the network at
 initialization).
 
+The stream may carry spatial axes (``Network.spatial``, e.g. ``(8, 8)``): it is then
+``(batch, *spatial, in_width)``, channels last (NHWC), and :class:`Conv` blocks (a stride-1
+convolution with SAME padding, kernel ``(*kernel_size, C_in, C_out)`` in Flax's HWIO layout,
+fan-in ``prod(kernel_size) * C_in``) may act on it, alone or as a residual branch::
+
+    h = multiplier * conv(x, K) + b              (then phi and norm as for Dense)
+
+A Dense block on a spatial stream acts per position (a 1x1 convolution). Norms on a spatial
+stream: batch norm per channel over ``(batch, *spatial)``, layer and RMS norm per example over
+``(*spatial, channels)``.
+
 New block kinds (attention, issue 15) plug in with :func:`register_block`: a block is a frozen
 dataclass with a class attribute ``kind``, ``out_width(in_width) -> int`` (validating the
 widths) and ``to_dict()`` / ``from_dict(data)``.
@@ -69,6 +80,7 @@ __all__ = [
     "BETAS",
     "BRANCH_SCALES",
     "NORMS",
+    "Conv",
     "Dense",
     "JSONDescription",
     "Network",
@@ -226,13 +238,117 @@ class Dense:
         return cls(**{k: v for k, v in data.items() if k != "kind"})
 
 
+def _check_kernel_size(value: Any) -> int | tuple[int, ...]:
+    if isinstance(value, bool):
+        raise TypeError(f"kernel_size must be an int >= 1 or a tuple of them, got {value!r}")
+    if isinstance(value, int):
+        return check_int("kernel_size", value, minimum=1)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and value:
+        return tuple(check_int(f"kernel_size[{i}]", k, minimum=1) for i, k in enumerate(value))
+    raise TypeError(f"kernel_size must be an int >= 1 or a non-empty tuple of them, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """A convolution layer ``phi(norm(multiplier * conv(x, K) + b))`` on a spatial stream.
+
+    Stride 1 and SAME padding (the output has the input's spatial shape; positions past the border
+    read zeros). The kernel ``K`` has Flax's layout ``(*kernel_size, C_in, C_out)`` (HWIO for 2-d)
+    and fan-in ``prod(kernel_size) * C_in``, as :func:`initjax.initializers.compute_fans` computes
+    it, so ``"he_normal"`` draws ``K ~ N(0, 2 / (k_h k_w C_in))``. Every other field means what it
+    means for :class:`Dense` (``norm``, ``preactivation``, ``weight_standardization`` over the
+    fan-in ``(*kernel_size, C_in)`` of each output channel, ...).
+
+    Attributes:
+      channels: output channels ``C_out`` (>= 1); ``width`` is the same number.
+      kernel_size: an int (the same size on every spatial axis) or one size per spatial axis.
+    """
+
+    kind: ClassVar[str] = "conv"
+
+    channels: int
+    kernel_size: int | tuple[int, ...] = 3
+    init: Any = "he_normal"
+    activation: Any = "relu"
+    bias_init: Any = "zeros"
+    norm: str = "none"
+    norm_position: str = "before"
+    norm_eps: float = 1e-5
+    multiplier: float = 1.0
+    lr_multiplier: float = 1.0
+    preactivation: bool = False
+    weight_standardization: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "channels", check_int("channels", self.channels, minimum=1))
+        set_(self, "kernel_size", _check_kernel_size(self.kernel_size))
+        set_(self, "init", resolve_init(self.init, "init"))
+        set_(self, "bias_init", resolve_init(self.bias_init, "bias_init"))
+        set_(self, "activation", _activations.get(self.activation))
+        check_choice("norm", self.norm, NORMS)
+        check_choice("norm_position", self.norm_position, DENSE_NORM_POSITIONS)
+        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
+        set_(self, "multiplier",
+             check_float("multiplier", self.multiplier, minimum=0.0, strict_minimum=True))
+        set_(self, "lr_multiplier",
+             check_float("lr_multiplier", self.lr_multiplier, minimum=0.0, strict_minimum=True))
+        _check_bool("preactivation", self.preactivation)
+        _check_bool("weight_standardization", self.weight_standardization)
+
+    @property
+    def width(self) -> int:
+        """The output channels (named as a Dense layer's width)."""
+        return self.channels
+
+    def kernel_shape(self, spatial_rank: int) -> tuple[int, ...]:
+        """``kernel_size`` on ``spatial_rank`` axes (an int repeated; a tuple must match)."""
+        if isinstance(self.kernel_size, int):
+            return (self.kernel_size,) * spatial_rank
+        if len(self.kernel_size) != spatial_rank:
+            raise ValueError(f"kernel_size={self.kernel_size} has {len(self.kernel_size)} axes, "
+                             f"but the stream has {spatial_rank} spatial axes")
+        return self.kernel_size
+
+    def out_width(self, in_width: int) -> int:
+        return self.channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "channels": self.channels,
+            "kernel_size": (self.kernel_size if isinstance(self.kernel_size, int)
+                            else list(self.kernel_size)),
+            "init": init_spec(self.init),
+            "activation": self.activation.spec,
+            "bias_init": init_spec(self.bias_init),
+            "norm": self.norm,
+            "norm_position": self.norm_position,
+            "norm_eps": self.norm_eps,
+            "multiplier": self.multiplier,
+            "lr_multiplier": self.lr_multiplier,
+            "preactivation": self.preactivation,
+            "weight_standardization": self.weight_standardization,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Conv:
+        _check_fields(cls, data)
+        for f in ("init", "bias_init"):
+            _check_buildable_spec(f, data.get(f))
+        data = {k: v for k, v in data.items() if k != "kind"}
+        if isinstance(data.get("kernel_size"), list):
+            data["kernel_size"] = tuple(data["kernel_size"])
+        return cls(**data)
+
+
 @dataclasses.dataclass(frozen=True)
 class Residual:
     """A residual block ``x + alpha * branch(x)`` with the norm before the branch or after the add.
 
     Attributes:
-      branch: the branch's Dense layers (at least one; the last one's width must equal the
-        stream width, so the add is defined).
+      branch: the branch's layers, all Dense or all Conv (at least one; the last one's width must
+        equal the stream width, so the add is defined).
       alpha: the branch scale: a finite number >= 0 or ``"1/sqrt(depth)"``.
       learnable: alpha is a trained scalar that starts at ``alpha`` (SkipInit / ReZero: 0).
       norm: one of :data:`NORMS`, applied to the branch input (``"pre"``) or to the sum
@@ -263,13 +379,19 @@ class Residual:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         branch = self.branch
-        if isinstance(branch, Dense):
+        if isinstance(branch, Dense | Conv):
             branch = (branch,)
         if isinstance(branch, str | bytes) or not isinstance(branch, Sequence) or not branch:
-            raise TypeError(f"branch must be a non-empty sequence of Dense layers, got {branch!r}")
+            raise TypeError("branch must be a non-empty sequence of Dense layers or of Conv "
+                            f"layers, got {branch!r}")
         for i, layer in enumerate(branch):
-            if not isinstance(layer, Dense):
-                raise TypeError(f"branch[{i}] must be a Dense layer, got {type(layer).__name__}")
+            if not isinstance(layer, Dense | Conv):
+                raise TypeError(f"branch[{i}] must be a Dense layer or a Conv layer, "
+                                f"got {type(layer).__name__}")
+        kinds = {type(layer).__name__ for layer in branch}
+        if len(kinds) > 1:
+            raise ValueError("a branch's layers must be all Dense or all Conv, "
+                             f"got {[type(x).__name__ for x in branch]}")
         set_(self, "branch", tuple(branch))
         if isinstance(self.alpha, str):
             check_choice("alpha", self.alpha, BRANCH_SCALES)
@@ -308,11 +430,15 @@ class Residual:
         _check_fields(cls, data)
         data = dict(data)
         data.pop("kind", None)
-        data["branch"] = tuple(Dense.from_dict(layer) for layer in data.get("branch", ()))
+        def layer_of(d: Any) -> Dense | Conv:
+            is_conv = isinstance(d, Mapping) and d.get("kind") == "conv"
+            return (Conv if is_conv else Dense).from_dict(d)
+
+        data["branch"] = tuple(layer_of(layer) for layer in data.get("branch", ()))
         return cls(**data)
 
 
-_BLOCKS: dict[str, type] = {"dense": Dense, "residual": Residual}
+_BLOCKS: dict[str, type] = {"dense": Dense, "conv": Conv, "residual": Residual}
 
 
 def register_block(cls: type) -> type:
@@ -370,13 +496,15 @@ class Network(JSONDescription):
     """A network at initialization: an input and a stack of :class:`Repeat` stages.
 
     Attributes:
-      in_width: the input dimension ``n_0`` (>= 1).
+      in_width: the input dimension ``n_0`` (>= 1): the channels of a spatial input.
       stages: the repeated blocks, in order (a bare block counts as ``Repeat(block, 1)``).
       batch: number of input examples (>= 1; >= 2 if any layer uses batch norm).
       input_variance: variance of each input coordinate (> 0).
       input_correlation: correlation between any two input examples, in [0, 1].
       dtype: floating dtype of weights and activations, as a name.
       label: an optional name for plots and tables.
+      spatial: the stream's spatial shape (``()``: none; ``(8, 8)``: inputs ``(batch, 8, 8,
+        in_width)``, channels last). Conv blocks need it; Dense blocks on it act per position.
     """
 
     in_width: int
@@ -386,10 +514,17 @@ class Network(JSONDescription):
     input_correlation: float = 0.0
     dtype: str = "float32"
     label: str | None = None
+    spatial: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "in_width", check_int("in_width", self.in_width, minimum=1))
+        spatial = self.spatial
+        if isinstance(spatial, str | bytes) or not isinstance(spatial, Sequence):
+            raise TypeError(f"spatial must be a tuple of ints >= 1 (e.g. (8, 8)) or (), "
+                            f"got {spatial!r}")
+        set_(self, "spatial", tuple(check_int(f"spatial[{i}]", n, minimum=1)
+                                    for i, n in enumerate(spatial)))
         stages = self.stages
         if isinstance(stages, Repeat) or type(stages) in _BLOCKS.values():
             stages = (stages,)
@@ -407,6 +542,14 @@ class Network(JSONDescription):
                 width = stage.block.out_width(width)
             except ValueError as err:
                 raise ValueError(f"stages[{i}]: {err}") from None
+        # per stage, not per expanded block: a huge depth is refused later with its memory estimate
+        layers = (x for stage in stages for x in getattr(stage.block, "branch", (stage.block,)))
+        for layer in layers:
+            if isinstance(layer, Conv):
+                if not self.spatial:
+                    raise ValueError("Conv blocks need a spatial stream: set spatial (e.g. "
+                                     "spatial=(8, 8)); got spatial=()")
+                layer.kernel_shape(len(self.spatial))
         if self.batch < 2 and "batch" in self.norms:
             raise ValueError("batch norm needs batch >= 2 (the batch variance of 1 example is 0)")
 
@@ -426,9 +569,9 @@ class Network(JSONDescription):
         return jnp.dtype(self.dtype)
 
     @property
-    def dense_layers(self) -> tuple[Dense, ...]:
-        """Every Dense layer in order, repeats expanded: a Dense block, or a residual branch's
-        layers."""
+    def dense_layers(self) -> tuple[Dense | Conv, ...]:
+        """Every weight layer (Dense or Conv) in order, repeats expanded: a Dense or Conv block, or
+        a residual branch's layers."""
         return tuple(layer for b in self.blocks for layer in getattr(b, "branch", (b,)))
 
     @property
@@ -474,9 +617,10 @@ class Network(JSONDescription):
 
     @property
     def is_plain(self) -> bool:
-        """True for a plain stack of Dense layers (no residual or other blocks)."""
-        return all(isinstance(stage.block, Dense) and not stage.block.preactivation
-                   and not stage.block.weight_standardization for stage in self.stages)
+        """True for a plain stack of Dense layers (no residual or other blocks, no spatial axes)."""
+        return not self.spatial and all(
+            isinstance(stage.block, Dense) and not stage.block.preactivation
+            and not stage.block.weight_standardization for stage in self.stages)
 
     @property
     def name(self) -> str:
@@ -566,10 +710,59 @@ class Network(JSONDescription):
                          norm_position=norm_position, norm_eps=norm_eps)
         return cls(width, (Repeat(block, depth),), **network_fields)
 
+    @classmethod
+    def residual_cnn(
+        cls,
+        depth: int,
+        channels: int,
+        spatial: Sequence[int],
+        *,
+        kernel_size: int | tuple[int, ...] = 3,
+        init: Any = "he_normal",
+        activation: Any = "relu",
+        branch_scale: float | str = 1.0,
+        branch_layers: int = 1,
+        norm: str = "none",
+        norm_position: str = "pre",
+        learnable: bool = False,
+        bias_init: Any = "zeros",
+        norm_eps: float = 1e-5,
+        weight_standardization: bool = False,
+        beta: str = "none",
+        **network_fields: Any,
+    ) -> Network:
+        """:meth:`residual_mlp` with Conv layers: ``depth`` pre-activation residual blocks on a
+        stream of ``channels`` channels and spatial shape ``spatial`` (the input is the stream),
+        each branch ``branch_layers`` convolutions of ``kernel_size`` (stride 1, SAME padding)::
+
+            branch_layers=1:  x + A conv(phi(x))         (norm "none")
+                              x + A conv(phi(norm(x)))   (norm_position "pre")
+                              norm(x + A conv(phi(x)))   (norm_position "post")
+
+        ``weight_standardization`` and ``beta="expected"`` give Brock et al.'s NF blocks.
+
+        >>> net = Network.residual_cnn(4, 16, (8, 8), norm="batch")
+        >>> net.spatial, net.stages[0].block.branch[0].kernel_size, net.is_plain
+        ((8, 8), 3, False)
+        """
+        depth = check_int("depth", depth, minimum=1)
+        branch_layers = check_choice("branch_layers", branch_layers, (1, 2))
+        check_choice("norm", norm, NORMS)
+        common = {"kernel_size": kernel_size, "init": init, "activation": activation,
+                  "bias_init": bias_init, "norm_eps": norm_eps, "preactivation": True,
+                  "weight_standardization": weight_standardization}
+        layers = [Conv(channels, **common)]
+        if branch_layers == 2:
+            layers.append(Conv(channels, norm=norm, norm_position="before", **common))
+        block = Residual(tuple(layers), alpha=branch_scale, learnable=learnable, norm=norm,
+                         norm_position=norm_position, norm_eps=norm_eps, beta=beta)
+        return cls(channels, (Repeat(block, depth),), spatial=tuple(spatial), **network_fields)
+
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; initializers and activations become spec strings."""
-        return {
+        """A JSON-ready dict; initializers and activations become spec strings (``spatial`` only
+        when the stream has spatial axes, so older descriptions read and write unchanged)."""
+        out = {
             "in_width": self.in_width,
             "stages": [stage.to_dict() for stage in self.stages],
             "batch": self.batch,
@@ -578,6 +771,9 @@ class Network(JSONDescription):
             "dtype": self.dtype,
             "label": self.label,
         }
+        if self.spatial:
+            out["spatial"] = list(self.spatial)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Network:
@@ -587,6 +783,8 @@ class Network(JSONDescription):
         _check_fields(cls, data)
         data = dict(data)
         data["stages"] = tuple(Repeat.from_dict(s) for s in data.get("stages", ()))
+        if isinstance(data.get("spatial"), list):
+            data["spatial"] = tuple(data["spatial"])
         return cls(**data)
 
 

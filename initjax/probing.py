@@ -975,6 +975,10 @@ def probe_blocks(
     if not isinstance(model, NetworkModule):
         raise TypeError(f"probe_blocks takes an initjax NetworkModule (initjax.modules.build), "
                         f"got {type(model).__name__}")
+    if model.description.spatial:
+        raise ValueError(f"probe_blocks takes networks without spatial axes; this one has "
+                         f"spatial={model.description.spatial} (conv blocks): measure it at "
+                         "initialization with initjax.propagate(network)")
     x = _check_x(x)
     n0 = model.description.in_width
     if x.ndim != 2 or x.shape[1] != n0:

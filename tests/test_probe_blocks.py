@@ -105,3 +105,13 @@ def test_bad_input_is_refused():
         probe_blocks(model, jnp.ones((4, 9)))
     with pytest.raises(ValueError, match="output's shape"):
         probe_blocks(model, jnp.ones((4, 8)), cotangent=jnp.ones((3, 8)))
+
+
+def test_spatial_networks_are_refused_by_probe_blocks_and_the_trainer():
+    from initjax.training import TrainConfig
+
+    cnn = Network.residual_cnn(2, 4, (4, 4), batch=2)
+    with pytest.raises(ValueError, match=r"spatial=\(4, 4\)"):
+        probe_blocks(modules.build(cnn, rngs=nnx.Rngs(0)), jnp.ones((2, 4, 4, 4)))
+    with pytest.raises(ValueError, match=r"spatial=\(4, 4\)"):
+        TrainConfig(model="network", network=cnn)

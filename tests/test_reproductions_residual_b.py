@@ -19,7 +19,9 @@ EXPECTED_FILES = {
     "brock2021-spp": (
         "spp-bn.png", "spp-bn.pdf", "spp-nf.png", "spp-nf.pdf", "predicted.npz",
         "data/bn-relu/stats.npz", "data/relu-bn/stats.npz", "data/nf-he-init/stats.npz",
-        "data/nf-scaled-ws/stats.npz",
+        "data/nf-scaled-ws/stats.npz", "spp-conv.png", "spp-conv.pdf",
+        "data/conv-bn-relu/stats.npz", "data/conv-relu-bn/stats.npz",
+        "data/conv-nf-he-init/stats.npz", "data/conv-nf-scaled-ws/stats.npz",
     ),
 }
 

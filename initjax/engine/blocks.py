@@ -26,6 +26,15 @@ Forward statistics are reduced inside the scan; the gradients dL/dx of the strea
 and dL/d(x W) of each branch layer come from one ``jax.vjp`` against zero probes. Seeds are
 ``lax.map``-ped inside one compiled program per network and chunk capacity.
 
+Spatial streams (``Network.spatial``, e.g. ``(8, 8)``) have shape ``(batch, *spatial, C)``,
+channels last. A :class:`~initjax.network.Conv` layer is a stride-1 SAME-padded convolution with
+kernel ``(*kernel_size, C_in, C_out)``; a Dense layer there acts per position. Norms on such a
+stream: batch norm per channel over ``(batch, *spatial)``, layer and RMS norm per example over
+``(*spatial, C)``; weight standardization per output channel over the fan-in ``(*kernel_size,
+C_in)``. Moments pool every entry; the channel statistics below reduce over ``(batch, *spatial)``
+per channel (Brock et al.'s NHWC signal propagation plots); the cosine is between the examples'
+flattened ``(*spatial, C)`` vectors; a conv layer's ``weight_grad_norm`` is ``||dL/dK||_F``.
+
 Statistics pool the batch and the units (ddof 0) and skip non-finite entries, as
 :class:`~initjax.engine.stats.LayerStats` does; Brock et al.'s signal-propagation statistics are
 per channel (unit) over the batch, then averaged over channels:
@@ -42,6 +51,8 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import sys
 import time
@@ -72,12 +83,13 @@ from initjax.engine.stats import (
     seed_mean_sd,
     weight_grad_stats,
 )
-from initjax.network import Dense, Network, Residual
+from initjax.network import Conv, Dense, Network, Residual
 
 __all__ = [
     "BlockPropagation",
     "BlockStats",
     "apply_dense",
+    "conv",
     "compiled_program",
     "block_params",
     "estimate_memory",
@@ -86,6 +98,7 @@ __all__ = [
     "propagate_blocks",
     "standardize_weights",
     "trace_blocks",
+    "weight_grad_norm",
 ]
 
 
@@ -231,16 +244,18 @@ class BlockPropagation:
 
 # -- the sampled network --------------------------------------------------------------------------
 def normalize(norm: str, x: jax.Array, eps: float) -> jax.Array:
-    """``norm`` of ``x`` (batch, units) at initialization: ``"batch"`` per unit over the batch,
-    ``"layer"`` per example over its units (centred), ``"rms"`` per example by its root mean
-    square (not centred), ``"none"`` the identity. Computed in float32 at least."""
+    """``norm`` of ``x`` (batch, units) or (batch, *spatial, channels) at initialization:
+    ``"batch"`` per unit (channel) over the batch (and positions), ``"layer"`` per example over
+    its units (positions and channels; centred), ``"rms"`` per example by its root mean square
+    over the same (not centred), ``"none"`` the identity. Computed in float32 at least."""
     if norm == "none":
         return x
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    per_example = tuple(range(1, x.ndim))
     if norm == "rms":
-        out = xf * jax.lax.rsqrt((xf * xf).mean(axis=1, keepdims=True) + eps)
+        out = xf * jax.lax.rsqrt((xf * xf).mean(axis=per_example, keepdims=True) + eps)
     else:
-        axis = 0 if norm == "batch" else 1
+        axis = tuple(range(x.ndim - 1)) if norm == "batch" else per_example
         mean = xf.mean(axis=axis, keepdims=True)
         var = ((xf - mean) ** 2).mean(axis=axis, keepdims=True)
         out = (xf - mean) * jax.lax.rsqrt(var + eps)
@@ -250,40 +265,73 @@ def normalize(norm: str, x: jax.Array, eps: float) -> jax.Array:
 def standardize_weights(w: jax.Array) -> jax.Array:
     """Brock et al.'s scaled weight standardization at gain 1: each column (unit) of ``w``
     ``(n_in, n_out)`` becomes ``(w - mean) / sqrt(max(n_in var, 1e-4))``, mean and variance over
-    the fan-in, so every unit's fan-in weights have mean 0 and squared norm 1."""
+    the fan-in, so every unit's fan-in weights have mean 0 and squared norm 1. A conv kernel
+    ``(*kernel_size, C_in, C_out)`` is standardized per output channel over its fan-in
+    ``(*kernel_size, C_in)`` (``n_in = prod(kernel_size) C_in``)."""
+    if w.ndim > 2:
+        return standardize_weights(w.reshape(-1, w.shape[-1])).reshape(w.shape)
     wf = w.astype(jnp.promote_types(w.dtype, jnp.float32))
     mean = wf.mean(axis=0, keepdims=True)
     var = ((wf - mean) ** 2).mean(axis=0, keepdims=True)
     return ((wf - mean) * jax.lax.rsqrt(jnp.maximum(var * w.shape[0], 1e-4))).astype(w.dtype)
 
 
-def block_params(layer: Dense, keys, block, j: int, n_in: int, dtype) -> tuple[jax.Array, jax.Array]:
-    """Layer ``j`` of block ``block``'s ``(W, b)`` (``W`` standardized if the layer says so)."""
+def block_params(layer: Dense | Conv, keys, block, j: int, n_in: int, dtype,
+                 spatial_rank: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Layer ``j`` of block ``block``'s ``(W, b)`` (``W`` standardized if the layer says so); a
+    Conv layer's ``W`` is its kernel ``(*kernel_size, n_in, C_out)`` on ``spatial_rank`` axes."""
     wk = jax.random.fold_in(jax.random.fold_in(keys.weights, block), j)
     bk = jax.random.fold_in(jax.random.fold_in(keys.biases, block), j)
-    w = layer.init(wk, (n_in, layer.width), dtype)
+    w = layer.init(wk, _weight_shape(layer, n_in, spatial_rank), dtype)
     if layer.weight_standardization:
         w = standardize_weights(w)
     return w, layer.bias_init(bk, (layer.width,), dtype)
 
 
-def apply_dense(layer: Dense, x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array):
-    """One Dense layer; returns ``(output, the product's input)``. ``probe`` (zeros, added to the
-    product ``u W``) carries dL/d(u W) back."""
+def _weight_shape(layer: Dense | Conv, n_in: int, spatial_rank: int) -> tuple[int, ...]:
+    if isinstance(layer, Conv):
+        return (*layer.kernel_shape(spatial_rank), n_in, layer.width)
+    return (n_in, layer.width)
+
+
+_CONV_SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+
+def conv(x: jax.Array, k: jax.Array) -> jax.Array:
+    """Stride-1 SAME-padded convolution (cross-correlation, as Flax and XLA compute it) of ``x``
+    ``(batch, *spatial, C_in)`` with ``k`` ``(*kernel_size, C_in, C_out)``:
+    ``y[b, p, o] = sum_{d, i} x[b, p + d - (kernel_size - 1) // 2, i] k[d, i, o]``, zeros past the
+    border (for even kernel sizes XLA pads one more zero after than before)."""
+    rank = x.ndim - 2
+    if rank not in _CONV_SPECS:
+        raise ValueError(f"convolutions cover 1 to 3 spatial axes, got {rank} (input shape {x.shape})")
+    return jax.lax.conv_general_dilated(x, k, (1,) * rank, "SAME", dimension_numbers=_CONV_SPECS[rank])
+
+
+def _product(layer: Dense | Conv, u: jax.Array, w: jax.Array) -> jax.Array:
+    return conv(u, w) if isinstance(layer, Conv) else u @ w
+
+
+def apply_dense(layer: Dense | Conv, x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array):
+    """One Dense or Conv layer; returns ``(output, the product's input)``. ``probe`` (zeros, added
+    to the product ``u W``, or ``conv(u, K)``) carries dL/d(u W) back."""
     def norm(v):
         return normalize(layer.norm, v, layer.norm_eps)
 
     act = layer.activation
     if layer.preactivation:
         u = act(norm(x)) if layer.norm_position == "before" else norm(act(x))
-        return layer.multiplier * (product(u @ w) + probe) + b[None, :], u
-    h = layer.multiplier * (product(x @ w) + probe) + b[None, :]
+        out = layer.multiplier * (product(_product(layer, u, w)) + probe)
+        return out + b.reshape((1,) * (out.ndim - 1) + b.shape), u
+    h = layer.multiplier * (product(_product(layer, x, w)) + probe)
+    h = h + b.reshape((1,) * (h.ndim - 1) + b.shape)
     return (act(norm(h)) if layer.norm_position == "before" else norm(act(h))), x
 
 
 def _channel_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Brock et al.'s ``(mean_c (mean_b x)^2, mean_c Var_b x)`` over finite entries."""
-    xf = x.astype(jnp.float32)
+    """Brock et al.'s ``(mean_c (mean_b x)^2, mean_c Var_b x)`` over finite entries (the mean and
+    variance per channel over the batch and every spatial position)."""
+    xf = x.astype(jnp.float32).reshape(-1, x.shape[-1])
     finite = jnp.isfinite(xf)
     n = jnp.maximum(finite.sum(axis=0, keepdims=True), 1)
     xz = jnp.where(finite, xf, 0.0)
@@ -299,7 +347,7 @@ def forward_stats(out: jax.Array, f: jax.Array | None, total: jax.Array | None) 
     s: dict[str, jax.Array] = {}
     s["act_mean"], s["act_var"], s["act_second_moment"], count = finite_moments(out)
     s["act_sq_mean"], s["act_chan_var"] = _channel_stats(out)
-    s["cosine"] = mean_cosine(out)
+    s["cosine"] = mean_cosine(out.reshape(out.shape[0], -1))
     bad = out.size - count
     nan = jnp.float32(jnp.nan)
     if f is None:
@@ -316,7 +364,7 @@ def forward_stats(out: jax.Array, f: jax.Array | None, total: jax.Array | None) 
     return s
 
 
-def _block_layers(block) -> tuple[Dense, ...]:
+def _block_layers(block) -> tuple[Dense | Conv, ...]:
     return block.branch if isinstance(block, Residual) else (block,)
 
 
@@ -348,14 +396,55 @@ def _max_layers(network: Network) -> int:
     return max(len(_block_layers(stage.block)) for stage in network.stages)
 
 
+def _flat(x: jax.Array) -> jax.Array:
+    """(batch, everything else), the layout :func:`overflowed_rows` and cosines take."""
+    return x.reshape(x.shape[0], -1)
+
+
+def _draw_inputs(network: Network, key: jax.Array) -> jax.Array:
+    """x^0: :func:`~initjax.engine.sampling.draw_inputs` without spatial axes (bitwise); with
+    them, ``(batch, *spatial, in_width)`` drawn the same way (every entry N(0, v), correlation c
+    between two examples at the same entry)."""
+    if not network.spatial:
+        return draw_inputs(network, key)
+    shape = (*network.spatial, network.in_width)
+    k_shared, k_own = jax.random.split(key)
+    shared = jax.random.normal(k_shared, (1, *shape), jnp.float32)
+    own = jax.random.normal(k_own, (network.batch, *shape), jnp.float32)
+    c, v = network.input_correlation, network.input_variance
+    x = math.sqrt(v) * (math.sqrt(c) * shared + math.sqrt(1.0 - c) * own)
+    return x.astype(network.jnp_dtype)
+
+
+def weight_grad_norm(layer: Dense | Conv, x_in: jax.Array, d: jax.Array) -> jax.Array:
+    """``||dL/dW||_F`` of a layer from its product's input ``x_in`` and ``d = dL/d(product)``.
+
+    Dense: ``G = sum over examples (and positions) of x_in^T d`` via Gram matrices
+    (:func:`~initjax.engine.stats.weight_grad_stats`). Conv: ``G = dL/dK``, the vector-Jacobian
+    product of ``conv(x_in, K)`` with respect to ``K``, both factors first divided by their max-abs
+    so that huge-but-finite values do not overflow."""
+    if not isinstance(layer, Conv):
+        return weight_grad_stats(x_in.reshape(-1, x_in.shape[-1]), d.reshape(-1, d.shape[-1]))[2]
+    x = x_in.astype(jnp.float32)
+    g = d.astype(jnp.float32)
+    sx = jnp.maximum(jnp.max(jnp.abs(x)), jnp.float32(1e-30))
+    sg = jnp.maximum(jnp.max(jnp.abs(g)), jnp.float32(1e-30))
+    shape = (*layer.kernel_shape(x.ndim - 2), x.shape[-1], g.shape[-1])
+    _, vjp = jax.vjp(lambda k: conv(x / sx, k), jnp.zeros(shape, jnp.float32))
+    (gk,) = vjp(g / sg)
+    return jnp.sqrt(jnp.sum(gk * gk)) * (sx * sg)
+
+
 def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: jax.Array,
                      inputs: jax.Array | None, raw: bool = False) -> dict[str, jax.Array]:
     """One seed's per-block statistics (a dict of :class:`BlockStats` fields, axis ``block``);
     with ``raw``, the tensors instead (see :func:`trace_blocks`)."""
     keys = split_seed_key(seed_key)
     dtype = network.jnp_dtype
-    x0 = draw_inputs(network, keys.inputs) if inputs is None else inputs.astype(dtype)
+    x0 = _draw_inputs(network, keys.inputs) if inputs is None else inputs.astype(dtype)
     batch = x0.shape[0]
+    spatial = tuple(network.spatial)
+    rank = len(spatial)
     plan = _stage_plan(network)
     m_max = _max_layers(network)
 
@@ -373,7 +462,7 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
             else:
                 u = x
             for j, layer in enumerate(layers):
-                w, bias = block_params(layer, keys, b, j, widths[j], dtype)
+                w, bias = block_params(layer, keys, b, j, widths[j], dtype, rank)
                 u, layer_in = apply_dense(layer, u, w, bias, p_layers[j])
                 ins.append(layer_in)
             if isinstance(block, Residual):
@@ -381,11 +470,11 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
                 total = x + f
                 out = normalize(block.norm, total, block.norm_eps) if block.norm_position == "post" else total
                 stats = {"x": out, "branch": f} if raw else forward_stats(out, f, total)
-                bad_rows = overflowed_rows([out, f])
+                bad_rows = overflowed_rows([_flat(out), _flat(f)])
             else:
                 out = u
                 stats = {"x": out, "branch": jnp.full_like(out, jnp.nan)} if raw else forward_stats(out, None, None)
-                bad_rows = overflowed_rows([out])
+                bad_rows = overflowed_rows([_flat(out)])
             return out + p_out, (stats, tuple(ins), bad_rows)
 
         if remat:
@@ -406,16 +495,18 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
 
     zero_out, zero_layers = [], []
     for block, count, _, n_in, _, _ in plan:
-        zero_out.append(jnp.zeros((count, batch, block.out_width(n_in)), dtype))
-        zero_layers.append(tuple(jnp.zeros((count, batch, layer.width), dtype) for layer in _block_layers(block)))
+        zero_out.append(jnp.zeros((count, batch, *spatial, block.out_width(n_in)), dtype))
+        zero_layers.append(tuple(jnp.zeros((count, batch, *spatial, layer.width), dtype)
+                                 for layer in _block_layers(block)))
     x_out, vjp, per_stage = jax.vjp(forward, zero_out, zero_layers, has_aux=True)
     cot = draw_cotangent(network, cotangent, x_out, keys.cotangent)
     d_outs, d_layers = vjp(cot)
     # an example that overflowed anywhere has no meaningful gradient anywhere (relu'(nan) = 0 would
     # report it as a vanishing one): its gradient rows count as non-finite at every block
     bad = jnp.concatenate([rows for _, _, rows in per_stage]).any(axis=0)  # (batch,)
-    d_outs = [jnp.where(bad[None, :, None], jnp.nan, d) for d in d_outs]
-    d_layers = [tuple(jnp.where(bad[None, :, None], jnp.nan, d) for d in ds) for ds in d_layers]
+    bad = bad.reshape((1, batch) + (1,) * (rank + 1))
+    d_outs = [jnp.where(bad, jnp.nan, d) for d in d_outs]
+    d_layers = [tuple(jnp.where(bad, jnp.nan, d) for d in ds) for ds in d_layers]
     per_stage = [(stats, ins) for stats, ins, _ in per_stage]
 
     if raw:
@@ -426,14 +517,15 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
                 "layer_inputs": [tuple(v[i] for v in ins) for _, ins in per_stage for i in range(ins[0].shape[0])],
                 "d_product": [tuple(v[i] for v in d_l) for d_l in d_layers for i in range(d_l[0].shape[0])]}
     result: dict[str, list[jax.Array]] = {}
-    for (stats, ins), d_o, d_l in zip(per_stage, d_outs, d_layers, strict=True):
+    for (stats, ins), d_o, d_l, (block, *_) in zip(per_stage, d_outs, d_layers, plan, strict=True):
         for name, v in stats.items():
             result.setdefault(name, []).append(v)
         _, g_var, g_m2, g_count = jax.vmap(finite_moments)(d_o)
         result.setdefault("grad_var", []).append(g_var)
         result.setdefault("grad_second_moment", []).append(g_m2)
         result.setdefault("grad_nonfinite", []).append((d_o[0].size - g_count).astype(jnp.int32))
-        norms = [jax.vmap(weight_grad_stats)(x_in, d)[2] for x_in, d in zip(ins, d_l, strict=True)]
+        norms = [jax.vmap(functools.partial(weight_grad_norm, layer))(x_in, d)
+                 for layer, x_in, d in zip(_block_layers(block), ins, d_l, strict=True)]
         count = d_o.shape[0]
         norms += [jnp.full((count,), jnp.nan, jnp.float32)] * (m_max - len(norms))
         result.setdefault("weight_grad_norm", []).append(jnp.stack(norms, axis=1))
@@ -462,6 +554,7 @@ def trace_blocks(
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
     seed = check_int("seed", seed, minimum=0)
     check_choice("cotangent", cotangent, COTANGENTS)
+    _check_spatial_cotangent(network, cotangent)
     k = seed_keys(base_key(key, prng_impl), [seed])[0]
     x = _check_inputs(network, inputs, 1)
     run = jax.jit(lambda kk, xx: seed_block_stats(network, cotangent, False, kk, xx, raw=True))
@@ -472,7 +565,7 @@ def trace_blocks(
     for block in network.blocks:
         ws, bs, n = [], [], width
         for j, layer in enumerate(_block_layers(block)):
-            w, bias = block_params(layer, keys, b, j, n, network.jnp_dtype)
+            w, bias = block_params(layer, keys, b, j, n, network.jnp_dtype, len(network.spatial))
             ws.append(np.asarray(w))
             bs.append(np.asarray(bias))
             n = layer.width
@@ -485,17 +578,18 @@ def trace_blocks(
 def estimate_memory(network: Network, *, remat: bool = True) -> int:
     """Estimated peak bytes of temporaries for one seed: about four copies of the largest weight
     matrix while it is drawn (all of them without ``remat``), and about six ``(batch, width)``
-    tensors kept per layer and block (stream, probes, gradients, layer inputs)."""
+    tensors kept per layer and block (stream, probes, gradients, layer inputs), times the spatial
+    positions of a spatial stream."""
     itemsize = max(network.jnp_dtype.itemsize, 4)
     shapes, width = [], network.in_width
     for block in network.blocks:
         n = width
         for layer in _block_layers(block):
-            shapes.append(n * layer.width)
+            shapes.append(math.prod(_weight_shape(layer, n, len(network.spatial))))
             n = layer.width
         width = block.out_width(width)
     weights = 4 * max(shapes) + (0 if remat else sum(shapes))
-    kept = 6 * network.batch * (sum(network.widths[1:]) + sum(
+    kept = 6 * network.batch * math.prod(network.spatial) * (sum(network.widths[1:]) + sum(
         layer.width for block in network.blocks for layer in _block_layers(block)))
     return int((weights + kept) * itemsize)
 
@@ -589,6 +683,7 @@ def propagate_blocks(
     check_host_memory(seeds, network.depth, len(BlockStats._fields) + layers, "block engine")
     seed_offset = check_int("seed_offset", seed_offset, minimum=0)
     check_choice("cotangent", cotangent, COTANGENTS)
+    _check_spatial_cotangent(network, cotangent)
     remat, jit = bool(remat), bool(jit)
     root = base_key(key, prng_impl)
     impl = str(jax.random.key_impl(root))
@@ -648,10 +743,17 @@ def _check_inputs(network: Network, inputs: Any, seeds: int) -> jax.Array | None
     x = jnp.asarray(inputs)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"inputs must be a float array, got dtype {x.dtype}")
-    want = (network.batch, network.in_width)
+    want = (network.batch, *network.spatial, network.in_width)
     if x.shape == want:
         return jnp.broadcast_to(x, (seeds, *want))
     if x.shape == (seeds, *want):
         return x
-    raise ValueError(f"inputs must have shape (batch, in_width) = {want} or (seeds, batch, in_width) = "
+    where = "(batch, *spatial, in_width)" if network.spatial else "(batch, in_width)"
+    raise ValueError(f"inputs must have shape {where} = {want} or (seeds, {where[1:]} = "
                      f"{(seeds, *want)} for this network; got {x.shape}")
+
+
+def _check_spatial_cotangent(network: Network, cotangent: str) -> None:
+    if network.spatial and cotangent == "xent":
+        raise ValueError("cotangent='xent' treats the output units as logits and needs a stream without "
+                         f"spatial axes; this network has spatial={network.spatial}: use 'normal' or 'mse'")

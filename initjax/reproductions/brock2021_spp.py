@@ -42,9 +42,17 @@ the branch's ``alpha^2 q_f``, ``alpha^2 c_f`` are the increments of ``q`` and ``
   unit squared norm keeps the branch variance at 1: the squared mean stays at the sampling floor
   ``Var / B`` and the stream variance is ``1 + l alpha^2``.
 
-Departure: the paper uses a convolutional ResNetV2-600 (NHWC, a channel's statistics over N, H
-and W); the block engine has dense blocks only (conv blocks are not in the engine yet), so these
-are residual MLPs, a channel is a unit and its statistics run over the batch.
+The same four arms are also run as convolutional ResNets, as the paper does (``CONV_ARMS``: 3x3
+stride-1 SAME convolutions in place of ``W1`` and ``W2``, NHWC streams, a channel's statistics
+over N, H and W). The mean-field theory is not predicted for them
+(:func:`~initjax.theory.residual.predict_residual` refuses spatial networks: the SAME-padding
+border lowers the variance at edge positions), so their checks are the qualitative SPP facts: the
+mean shift of NF with He init and its removal by scaled WS, ReLU-BN's (nearly) centred branch and
+faster variance growth, BN-ReLU's growing squared mean.
+
+Departure: the paper uses a ResNetV2-600 with four stages, transition blocks and bottleneck
+branches; here every net is one stage of identical two-layer blocks (residual MLPs with
+mean-field predictions, and conv ResNets without).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ import numpy as np
 
 from initjax import _io, plotting
 from initjax.engine import BlockPropagation, propagate
-from initjax.network import Dense, Network, Repeat, Residual
+from initjax.network import Conv, Dense, Network, Repeat, Residual
 from initjax.reproductions import _reports
 from initjax.theory.residual import predict_residual
 
@@ -70,11 +78,39 @@ NF_ALPHA = 0.2
 ARMS = ("BN-ReLU", "ReLU-BN", "NF, He init", "NF, scaled WS")
 STATS = ("act_sq_mean", "act_chan_var", "branch_sq_mean", "branch_chan_var")
 COLORS = {"BN-ReLU": "C0", "ReLU-BN": "C3", "NF, He init": "C2", "NF, scaled WS": "C9"}
+CONV = "conv "  # the label prefix of the conv ResNet arms
+CONV_ARMS = tuple(CONV + a for a in ARMS)
 
 
 def _sizes(quick: bool) -> tuple[int, int, int, int]:
     """(blocks, width, batch, default seeds)."""
     return (16, 256, 128, 6) if quick else (100, 256, 256, 8)
+
+
+def _conv_sizes(quick: bool) -> tuple[int, int, tuple[int, int], int]:
+    """(blocks, channels, spatial, batch) of the conv ResNets."""
+    return (12, 16, (8, 8), 8) if quick else (32, 32, (8, 8), 16)  # a few minutes on 2 CPU cores
+
+
+def conv_networks(depth: int, channels: int, spatial: tuple[int, ...],
+                  batch: int) -> dict[str, Network]:
+    """The four arms as conv ResNets (3x3 convolutions, NHWC), labelled ``"conv <arm>"``."""
+    def pre(**kw: Any) -> Conv:
+        return Conv(channels, 3, "he_normal", "relu", preactivation=True, **kw)
+
+    def stack(layer: Conv, **kw: Any) -> Network:
+        return Network(channels, (Repeat(Residual((layer, layer), **kw), depth),), batch=batch,
+                       spatial=tuple(spatial))
+
+    nets = {
+        "BN-ReLU": stack(pre(norm="batch", norm_position="before"), norm="batch",
+                         norm_position="pre"),
+        "ReLU-BN": stack(pre(norm="batch", norm_position="after")),
+        "NF, He init": stack(pre(multiplier=RELU_GAMMA), alpha=NF_ALPHA, beta="expected"),
+        "NF, scaled WS": stack(pre(multiplier=RELU_GAMMA, weight_standardization=True),
+                               alpha=NF_ALPHA, beta="expected"),
+    }
+    return {CONV + k: v.replace(label=CONV + k) for k, v in nets.items()}
 
 
 def networks(depth: int, width: int, batch: int) -> dict[str, Network]:
@@ -121,10 +157,12 @@ def predicted_spp(network: Network) -> dict[str, np.ndarray]:
 def run(
     out: str | Path, *, quick: bool = False, seeds: int | None = None, progress: bool | None = None
 ) -> dict[str, Any]:
-    """Measure the four nets' SPPs, write figures, data, ``report.json`` and ``report.md``."""
+    """Measure the four nets' SPPs (residual MLPs and conv ResNets), write figures, data,
+    ``report.json`` and ``report.md``."""
     depth, width, batch, default_seeds = _sizes(quick)
     out, seeds, t0 = _reports.start(out, NAME, seeds, default_seeds, min_seeds=2)
     nets = networks(depth, width, batch)
+    conv_nets = conv_networks(*_conv_sizes(quick))
     measured: dict[str, BlockPropagation] = {}
     predicted: dict[str, dict[str, np.ndarray]] = {}
     # full-precision matmuls (no TF32 on GPU): ReLU-BN's zero branch means are checked to 1e-6
@@ -134,11 +172,19 @@ def run(
             r.save(out / "data" / _reports.slug(label))
             measured[label] = r
             predicted[label] = predicted_spp(net)
+        for label, net in conv_nets.items():
+            r = propagate(net, seeds, key=0, progress=progress)
+            r.save(out / "data" / _reports.slug(label))
+            measured[label] = r
     _io.write_npz(out / "predicted.npz", **{f"{_reports.slug(k)}_{s}": v
                                             for k, p in predicted.items() for s, v in p.items()})
     report = _report(quick, seeds, depth, width, batch, nets, measured, predicted,
                      time.perf_counter() - t0)
+    report.update(_conv_report(conv_nets, measured))
+    report["checks"] += report.pop("conv_checks")
+    report["all_pass"] = all(c["pass"] for c in report["checks"])
     _figures(out, nets, measured, predicted)
+    _conv_figure(out, conv_nets, measured)
     return _reports.finish(out, report, _markdown(report))
 
 
@@ -262,6 +308,71 @@ def _report(quick, seeds, depth, width, batch, nets, measured, predicted,
     }
 
 
+def _conv_report(nets: dict[str, Network], measured: dict[str, BlockPropagation]) -> dict[str, Any]:
+    """The conv ResNets' rows (``conv_arms``) and checks (``conv_checks``): no mean-field
+    prediction (module docstring), so the checks are the SPP facts, with margins far from the
+    measured values (quick mode: see the report's table)."""
+    first = nets[CONV_ARMS[0]]
+    rows: dict[str, Any] = {}
+    for label in CONV_ARMS:
+        row = {"alpha": nets[label].branch_scale(nets[label].stages[0].block),
+               "nonfinite_blocks": measured[label].nonfinite_blocks}
+        for s in STATS:
+            m, se = _mean_se(getattr(measured[label].stats, s))
+            row[s], row[s + "_se"] = m.tolist(), se.tolist()
+        rows[label] = row
+
+    def arr(label: str, s: str) -> np.ndarray:
+        return np.asarray(rows[label][s], np.float64)
+
+    he, ws, br, rb = (CONV + a for a in ARMS[2:] + ARMS[:2])
+    ws_ratio = float(np.max(arr(ws, "act_sq_mean") / arr(ws, "act_chan_var")))
+    he_ratio = arr(he, "act_sq_mean") / arr(he, "act_chan_var")
+    expected = np.asarray(nets[ws].expected_stream_variance(), np.float64) + NF_ALPHA**2
+    var_ws = arr(ws, "act_chan_var")
+    rb_center = float(np.max(arr(rb, "branch_sq_mean") / arr(rb, "branch_chan_var")))
+    br_center = float(np.min(arr(br, "branch_sq_mean") / arr(br, "branch_chan_var")))
+    clean = all(not rows[a]["nonfinite_blocks"] for a in CONV_ARMS)
+    checks = [
+        {"check": "conv: every arm finite at every block", "measured": clean, "pass": clean},
+        {"check": "conv NF, scaled WS: the channel squared mean stays below 2% of the channel "
+                  "variance at every block (zero-mean kernels remove the mean shift; only the "
+                  "SAME-padding border, where a kernel's taps do not all see data, leaves a "
+                  "residue)",
+         "measured": ws_ratio, "tolerance": 0.02, "pass": ws_ratio <= 0.02},
+        {"check": "conv NF, He init: mean shift: the stream's squared mean / variance grows at "
+                  "least 5x from block 1 to the last block",
+         "measured": float(he_ratio[-1] / he_ratio[0]),
+         "pass": bool(he_ratio[-1] >= 5 * he_ratio[0])},
+        {"check": "conv NF, He init vs scaled WS: the squared mean at the last block is at least "
+                  "100x larger without WS",
+         "measured": float(arr(he, "act_sq_mean")[-1] / arr(ws, "act_sq_mean")[-1]),
+         "pass": bool(arr(he, "act_sq_mean")[-1] >= 100 * arr(ws, "act_sq_mean")[-1])},
+        {"check": "conv NF, scaled WS: stream channel variance between the input's (1) and the NF "
+                  "recipe's analytic 1 + l alpha^2 (x 1.05) at every block (the border's missing "
+                  "taps make the branch variance a little below 1)",
+         "measured": f"{var_ws.min():.4g} .. {float(np.max(var_ws / expected)):.4g} of expected",
+         "pass": bool(np.all(var_ws > 0.9) and np.all(var_ws <= 1.05 * expected))},
+        {"check": "conv ReLU-BN: the branch is (nearly) centred per channel, BN before the last "
+                  "conv: max branch_sq_mean / branch_chan_var <= 0.01 (not exactly 0: the SAME "
+                  "border), "
+                  "while BN-ReLU's is >= 0.2 at every block",
+         "measured": f"{rb_center:.3g} vs {br_center:.3g}",
+         "pass": rb_center <= 0.01 and br_center >= 0.2},
+        {"check": "conv ReLU-BN vs BN-ReLU: the stream's channel variance grows faster with "
+                  "ReLU-BN at the last block",
+         "measured": f"{arr(rb, 'act_chan_var')[-1]:.4g} vs {arr(br, 'act_chan_var')[-1]:.4g}",
+         "pass": bool(arr(rb, "act_chan_var")[-1] > arr(br, "act_chan_var")[-1])},
+        {"check": "conv BN-ReLU vs ReLU-BN: at the last block BN-ReLU's channel squared mean is at "
+                  "least 10x ReLU-BN's",
+         "measured": float(arr(br, "act_sq_mean")[-1] / arr(rb, "act_sq_mean")[-1]),
+         "pass": bool(arr(br, "act_sq_mean")[-1] >= 10 * arr(rb, "act_sq_mean")[-1])},
+    ]
+    return {"conv": {"depth": first.depth, "channels": first.in_width,
+                     "spatial": list(first.spatial), "batch": first.batch, "kernel_size": 3},
+            "conv_arms": rows, "conv_checks": checks}
+
+
 # -- figures --------------------------------------------------------------------------------------
 def _positive(v: Any) -> np.ndarray:
     v = np.asarray(v, np.float64)
@@ -269,6 +380,7 @@ def _positive(v: Any) -> np.ndarray:
 
 
 def _spp(fig, arms, nets, measured, predicted, title) -> None:
+    """Three SPP panels; ``predicted`` None draws no theory."""
     axes = fig.subplots(1, 3)
     names = (("act_sq_mean", "average channel squared mean"),
              ("act_chan_var", "average channel variance"),
@@ -282,13 +394,16 @@ def _spp(fig, arms, nets, measured, predicted, title) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 m = np.nanmedian(np.asarray(getattr(measured[label].stats, stat), np.float64), 0)
-            ax.plot(blocks, _positive(m * scale), "-", color=COLORS[label], label=label)
-            ax.plot(blocks, _positive(predicted[label][stat] * scale), "--", color=COLORS[label],
-                    lw=1)
+            ax.plot(blocks, _positive(m * scale), "-", color=COLORS[label.removeprefix(CONV)],
+                    label=label)
+            if predicted is not None:
+                ax.plot(blocks, _positive(predicted[label][stat] * scale), "--",
+                        color=COLORS[label.removeprefix(CONV)], lw=1)
     for ax, (_, name) in zip(axes, names, strict=True):
         ax.set_yscale("log")
         plotting.label_axes(ax, "block", name, f"{title}: {name}", title_size=8)
-    plotting.note_theory(axes[0])
+    if predicted is not None:
+        plotting.note_theory(axes[0])
 
 
 def _figures(out: Path, nets, measured, predicted) -> None:
@@ -298,6 +413,12 @@ def _figures(out: Path, nets, measured, predicted) -> None:
     fig = plotting.new_figure(14.0, 4.0)
     _spp(fig, ("BN-ReLU", "NF, He init", "NF, scaled WS"), nets, measured, predicted, "Fig. 2")
     _io.save_figure(fig, out / "spp-nf")
+
+
+def _conv_figure(out: Path, nets, measured) -> None:
+    fig = plotting.new_figure(14.0, 4.0)
+    _spp(fig, CONV_ARMS, nets, measured, None, "conv ResNets")
+    _io.save_figure(fig, out / "spp-conv")
 
 
 # -- report.md ------------------------------------------------------------------------------------
@@ -330,6 +451,26 @@ def _markdown(r: dict[str, Any]) -> str:
                 f"({_reports.fmt(row['act_chan_var_predicted'][i])}) | "
                 f"{_reports.fmt(row['branch_chan_var'][i] / a2)} "
                 f"({_reports.fmt(row['branch_chan_var_predicted'][i] / a2)}) |")
+    c = r["conv"]
+    cd = c["depth"]
+    lines += [
+        "",
+        f"Conv ResNets: {cd} blocks of two 3x3 convolutions (stride 1, SAME padding), "
+        f"{c['channels']} channels, spatial {c['spatial'][0]}x{c['spatial'][1]}, "
+        f"batch {c['batch']} (NHWC; a "
+        "channel's statistics over N, H and W); measured only (no mean-field prediction: the "
+        "SAME-padding border lowers the variance at edge positions).",
+        "",
+        "| net | block | channel squared mean | channel variance | branch channel variance |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in r["conv_arms"].items():
+        a2 = row["alpha"] ** 2
+        for b in sorted({1, max(cd // 10, 1), cd // 2, cd}):
+            i = b - 1
+            lines.append(f"| {label} | {b} | {_reports.fmt(row['act_sq_mean'][i])} | "
+                         f"{_reports.fmt(row['act_chan_var'][i])} | "
+                         f"{_reports.fmt(row['branch_chan_var'][i] / a2)} |")
     lines += [
         "",
         "Beside the paper (its figures' exact values were not consulted, so the paper's side is "
@@ -354,10 +495,15 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "Departures from the paper: the paper's SPPs are of a convolutional ResNetV2-600 (NHWC, "
         "channel statistics over N, H, W, four stages with transition blocks, bottleneck "
-        "branches of three convs); the block engine has dense blocks only (conv blocks are not in "
-        "the engine yet), so these are one-stage residual MLPs with two-layer branches, a channel "
-        "is a unit and its statistics run over the batch (the sampling floor of the squared "
-        f"mean is Var / B with B = {r['batch']}, larger than the paper's N x H x W). NF nets here "
+        "branches of three convs). Here every net is one stage of identical blocks with two-layer "
+        "branches, in two forms: residual MLPs, where a channel is a unit and its statistics run "
+        "over the batch (the sampling floor of the squared mean is Var / B with B = "
+        f"{r['batch']}, larger than the paper's N x H x W) and the mean field predicts every "
+        f"curve; and conv ResNets of {cd} blocks of 3x3 convolutions on "
+        f"{c['spatial'][0]}x{c['spatial'][1]} maps (far smaller than the paper's images and "
+        "depth), measured only, whose SAME-padding border lowers the variance at edge positions "
+        "(so scaled WS leaves a small border mean and a branch variance a little below 1). "
+        "NF nets here "
         f"use alpha = {r['alpha_nf']} (the NF repository's default) and no SkipInit gain (the "
         "repository starts it at 0, which would make every branch 0); the ReLU gain is the "
         "analytic sqrt(2 / (1 - 1/pi)) = 1.712859 rather than the repository's Monte Carlo "
@@ -372,7 +518,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "Figures: `spp-bn` (Fig. 1 analogue: BN-ReLU vs ReLU-BN), `spp-nf` (Fig. 2 analogue: "
         "NF with He init vs NF with scaled WS, BN-ReLU for reference); solid measured (median over "
-        "seeds), dashed mean field. Data: `data/<net>/` (engine statistics), `predicted.npz`.",
+        "seeds), dashed mean field; `spp-conv` (the four conv ResNets, measured only). Data: "
+        "`data/<net>/` (engine statistics), `predicted.npz`.",
         "",
     ]
     return "\n".join(lines)

@@ -370,7 +370,8 @@ def predict_residual(
 
     Raises:
       TypeError: if ``network`` is not a Network.
-      ValueError: for a block kind other than Dense and Residual, a user-function initializer (its
+      ValueError: for a network with spatial axes (conv blocks: see the comment in the code), a
+        block kind other than Dense and Residual, a user-function initializer (its
         second moment is unknown), non-zero-mean weights, or bad quadrature sizes.
     """
     if not isinstance(network, Network):
@@ -378,9 +379,20 @@ def predict_residual(
     num, num_2d = _check_num(num, num_2d)
     if network.depth > _MAX_DEPTH:  # before the blocks are expanded
         raise ValueError(f"depth must be <= {_MAX_DEPTH}, got {network.depth}")
+    if network.spatial:
+        # a stride-1 conv layer has, per position, the dense recursion with fan-in
+        # prod(kernel_size) C_in, but only away from the SAME-padding border: at edge positions
+        # fewer kernel taps see data, the border's lower variance spreads one position inward per
+        # block, and a batch norm pooled over positions couples them. The per-position
+        # recursion is not implemented; measure conv networks with the block engine instead.
+        raise ValueError(
+            f"predict_residual covers networks without spatial axes; this one has spatial={network.spatial} "
+            "(conv blocks): the mean-field recursion holds per position only away from the SAME-padding "
+            "border, so it is not predicted here; use initjax.propagate (the block engine) to measure it")
     blocks = network.blocks
     for i, stage in enumerate(network.stages):
-        if not isinstance(stage.block, Dense | Residual):
+        if not isinstance(stage.block, Dense | Residual) or any(
+                not isinstance(layer, Dense) for layer in getattr(stage.block, "branch", ())):
             raise ValueError(f"stages[{i}] is a {type(stage.block).__name__} block; predict_residual "
                              "covers Dense and Residual blocks")
     # numbers per stage (repeats share them)

@@ -261,6 +261,10 @@ class TrainConfig:
             if self.norm is not None or self.residual:
                 raise ValueError("with model='network' the network states its norms and skips; "
                                  f"got norm={self.norm!r}, residual={self.residual!r}")
+            if self.network.spatial:
+                raise ValueError(f"the trainer takes networks without spatial axes (flattened examples); "
+                                 f"this one has spatial={self.network.spatial} (conv blocks): train it "
+                                 "through initjax.modules.build and training.core for now")
         if self.uses_batchnorm and self.batch_size < 2:
             raise ValueError("batch norm needs batch_size >= 2 (batch statistics of one example)")
         put("record_every", check_int("record_every", self.record_every, minimum=1))
