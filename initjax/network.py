@@ -158,6 +158,37 @@ def _check_fields(cls: type, data: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
 
 
+def _canonicalize_layer(layer: Any) -> None:
+    """Validate and canonicalize the fields a Dense and a Conv layer share (frozen: set once)."""
+    set_ = object.__setattr__
+    set_(layer, "init", resolve_init(layer.init, "init"))
+    set_(layer, "bias_init", resolve_init(layer.bias_init, "bias_init"))
+    set_(layer, "activation", _activations.get(layer.activation))
+    check_choice("norm", layer.norm, NORMS)
+    check_choice("norm_position", layer.norm_position, DENSE_NORM_POSITIONS)
+    set_(layer, "norm_eps", check_float("norm_eps", layer.norm_eps, minimum=0.0))
+    for name in ("multiplier", "lr_multiplier"):
+        set_(layer, name, check_float(name, getattr(layer, name), minimum=0.0, strict_minimum=True))
+    _check_bool("preactivation", layer.preactivation)
+    _check_bool("weight_standardization", layer.weight_standardization)
+
+
+def _layer_dict(layer: Any) -> dict[str, Any]:
+    """The JSON fields a Dense and a Conv layer share."""
+    return {
+        "init": init_spec(layer.init),
+        "activation": layer.activation.spec,
+        "bias_init": init_spec(layer.bias_init),
+        "norm": layer.norm,
+        "norm_position": layer.norm_position,
+        "norm_eps": layer.norm_eps,
+        "multiplier": layer.multiplier,
+        "lr_multiplier": layer.lr_multiplier,
+        "preactivation": layer.preactivation,
+        "weight_standardization": layer.weight_standardization,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Dense:
     """A fully connected layer ``phi(norm(multiplier * x W + b))`` (see the module docstring).
@@ -197,19 +228,8 @@ class Dense:
     weight_standardization: bool = False
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: canonicalize once here
-        set_(self, "width", check_int("width", self.width, minimum=1))
-        set_(self, "init", resolve_init(self.init, "init"))
-        set_(self, "bias_init", resolve_init(self.bias_init, "bias_init"))
-        set_(self, "activation", _activations.get(self.activation))
-        check_choice("norm", self.norm, NORMS)
-        check_choice("norm_position", self.norm_position, DENSE_NORM_POSITIONS)
-        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
-        set_(self, "multiplier", check_float("multiplier", self.multiplier, minimum=0.0, strict_minimum=True))
-        set_(self, "lr_multiplier",
-             check_float("lr_multiplier", self.lr_multiplier, minimum=0.0, strict_minimum=True))
-        _check_bool("preactivation", self.preactivation)
-        _check_bool("weight_standardization", self.weight_standardization)
+        object.__setattr__(self, "width", check_int("width", self.width, minimum=1))
+        _canonicalize_layer(self)
 
     def out_width(self, in_width: int) -> int:
         return self.width
@@ -218,16 +238,7 @@ class Dense:
         return {
             "kind": self.kind,
             "width": self.width,
-            "init": init_spec(self.init),
-            "activation": self.activation.spec,
-            "bias_init": init_spec(self.bias_init),
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "norm_eps": self.norm_eps,
-            "multiplier": self.multiplier,
-            "lr_multiplier": self.lr_multiplier,
-            "preactivation": self.preactivation,
-            "weight_standardization": self.weight_standardization,
+            **_layer_dict(self),
         }
 
     @classmethod
@@ -283,18 +294,7 @@ class Conv:
         set_ = object.__setattr__
         set_(self, "channels", check_int("channels", self.channels, minimum=1))
         set_(self, "kernel_size", _check_kernel_size(self.kernel_size))
-        set_(self, "init", resolve_init(self.init, "init"))
-        set_(self, "bias_init", resolve_init(self.bias_init, "bias_init"))
-        set_(self, "activation", _activations.get(self.activation))
-        check_choice("norm", self.norm, NORMS)
-        check_choice("norm_position", self.norm_position, DENSE_NORM_POSITIONS)
-        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
-        set_(self, "multiplier",
-             check_float("multiplier", self.multiplier, minimum=0.0, strict_minimum=True))
-        set_(self, "lr_multiplier",
-             check_float("lr_multiplier", self.lr_multiplier, minimum=0.0, strict_minimum=True))
-        _check_bool("preactivation", self.preactivation)
-        _check_bool("weight_standardization", self.weight_standardization)
+        _canonicalize_layer(self)
 
     @property
     def width(self) -> int:
@@ -319,16 +319,7 @@ class Conv:
             "channels": self.channels,
             "kernel_size": (self.kernel_size if isinstance(self.kernel_size, int)
                             else list(self.kernel_size)),
-            "init": init_spec(self.init),
-            "activation": self.activation.spec,
-            "bias_init": init_spec(self.bias_init),
-            "norm": self.norm,
-            "norm_position": self.norm_position,
-            "norm_eps": self.norm_eps,
-            "multiplier": self.multiplier,
-            "lr_multiplier": self.lr_multiplier,
-            "preactivation": self.preactivation,
-            "weight_standardization": self.weight_standardization,
+            **_layer_dict(self),
         }
 
     @classmethod
