@@ -65,7 +65,13 @@ import numpy as np
 
 from initjax import _io
 from initjax._checks import check_choice, check_int
-from initjax.engine.executor import check_host_memory, chunk_capacity, default_lanes, resolve_budget
+from initjax.engine.executor import (
+    check_host_memory,
+    chunk_capacity,
+    default_lanes,
+    lane_loop,
+    resolve_budget,
+)
 from initjax.engine.sampling import (
     COTANGENTS,
     REMAT_POLICY,
@@ -612,19 +618,7 @@ def compiled_program(network: Network, cotangent: str, remat: bool, with_inputs:
 
     def run(key_data, x, valid):
         keys = jax.random.wrap_key_data(key_data, impl=impl)
-        groups = keys.shape[0] // lanes
-        keys = keys.reshape(groups, lanes)
-        xs = x.reshape(groups, lanes, *x.shape[1:]) if with_inputs else jnp.zeros((groups, lanes))
-        count = jnp.clip((valid + lanes - 1) // lanes, 0, groups)
-
-        def body(i, acc):
-            out = lane_group(keys[i], xs[i])
-            return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, out)
-
-        shapes = jax.eval_shape(lane_group, keys[0], xs[0])
-        init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
-        out = jax.lax.fori_loop(0, count, body, init)
-        return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
+        return lane_loop(lane_group, keys, x if with_inputs else None, valid, lanes)
 
     _COMPILED[cache_key] = jax.jit(run)
     return _COMPILED[cache_key]

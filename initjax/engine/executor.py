@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "SAMPLERS",
     "check_host_memory",
+    "lane_loop",
     "chunk_capacity",
     "compiled_program",
     "default_lanes",
@@ -82,21 +83,10 @@ def compiled_program(
 
     def run(key_data, x, stds, valid):
         keys = jax.random.wrap_key_data(key_data, impl=impl)
-        groups = keys.shape[0] // lanes
-        keys = keys.reshape(groups, lanes)
-        x = x.reshape(groups, lanes, *x.shape[1:]) if with_inputs else jnp.zeros((groups, lanes))
         if n_devices > 1:  # this device's seeds are [offset, offset + its share) of the chunk
             valid = valid - jax.lax.axis_index("seeds") * keys.size
-        count = jnp.clip((valid + lanes - 1) // lanes, 0, groups)
-
-        def body(i, acc):
-            out = lane_group((keys[i], x[i]), stds)
-            return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, out)
-
-        shapes = jax.eval_shape(lane_group, (keys[0], x[0]), stds)
-        init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
-        out = jax.lax.fori_loop(0, count, body, init)
-        return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
+        return lane_loop(lambda k, xx: lane_group((k, xx), stds), keys, x if with_inputs else None,
+                         valid, lanes)
 
     if n_devices == 1:
         return jax.jit(run)
@@ -112,6 +102,26 @@ def compiled_program(
                                      out_specs=spec, check_vma=False))
     return jax.jit(jax.shard_map(lambda k, s, v: run(k, None, s, v), mesh=mesh,
                                  in_specs=(spec, replicated, replicated), out_specs=spec, check_vma=False))
+
+
+def lane_loop(lane_group, keys: jax.Array, x: jax.Array | None, valid, lanes: int):
+    """``lane_group(keys, inputs)`` (one seed per lane) over ``keys`` ``lanes`` at a time, in a
+    ``fori_loop`` that stops after the lane groups holding the ``valid`` real seeds (the padding
+    of a chunk costs nothing); ``x`` is None or one input batch per seed. Returns the outputs with
+    a leading seed axis (zeros past ``valid``): the loop of every compiled chunk program."""
+    groups = keys.shape[0] // lanes
+    keys = keys.reshape(groups, lanes)
+    xs = jnp.zeros((groups, lanes)) if x is None else x.reshape(groups, lanes, *x.shape[1:])
+    count = jnp.clip((valid + lanes - 1) // lanes, 0, groups)
+
+    def body(i, acc):
+        out = lane_group(keys[i], xs[i])
+        return jax.tree.map(lambda a, o: jax.lax.dynamic_update_index_in_dim(a, o, i, 0), acc, out)
+
+    shapes = jax.eval_shape(lane_group, keys[0], xs[0])
+    init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
+    out = jax.lax.fori_loop(0, count, body, init)
+    return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
 
 
 def chunk_capacity(seeds: int, fits: int) -> int:
