@@ -23,6 +23,8 @@ from initjax.engine.blocks import (
 )
 from initjax.network import Dense, Network, Repeat, Residual
 
+from .block_reference import assert_close, nf_betas, norm_with_backward, reference
+
 # -- the float64 reference ------------------------------------------------------------------------
 
 _ACT = {
@@ -32,35 +34,20 @@ _ACT = {
 }
 
 
-def _norm(kind, x, eps):
-    """(y, backward) of a norm without affine part."""
-    if kind == "none":
-        return x, lambda dy: dy
-    if kind == "rms":
-        r = np.sqrt((x * x).mean(1, keepdims=True) + eps)
-        y = x / r
-        return y, lambda dy: (dy - y * (dy * y).mean(1, keepdims=True)) / r
-    axis = 0 if kind == "batch" else 1
-    mu = x.mean(axis, keepdims=True)
-    s = np.sqrt(((x - mu) ** 2).mean(axis, keepdims=True) + eps)
-    y = (x - mu) / s
-    return y, lambda dy: (dy - dy.mean(axis, keepdims=True) - y * (dy * y).mean(axis, keepdims=True)) / s
-
-
 def _dense(layer, x, w, b):
     """(out, u (what multiplies W), backward(dout) -> (dx, dL/d(uW)))."""
     f, df = _ACT[layer.activation.name]
     m, eps = layer.multiplier, layer.norm_eps
     if layer.preactivation:
         if layer.norm_position == "before":
-            z, nb = _norm(layer.norm, x, eps)
+            z, nb = norm_with_backward(layer.norm, x, eps)
             u = f(z)
 
             def back_u(du):
                 return nb(du * df(z))
         else:
             a = f(x)
-            u, nb = _norm(layer.norm, a, eps)
+            u, nb = norm_with_backward(layer.norm, a, eps)
 
             def back_u(du):
                 return nb(du) * df(x)
@@ -72,14 +59,14 @@ def _dense(layer, x, w, b):
         return out, u, back
     h = m * (x @ w) + b
     if layer.norm_position == "before":
-        z, nb = _norm(layer.norm, h, eps)
+        z, nb = norm_with_backward(layer.norm, h, eps)
         out = f(z)
 
         def back_h(dout):
             return nb(dout * df(z))
     else:
         a = f(h)
-        out, nb = _norm(layer.norm, a, eps)
+        out, nb = norm_with_backward(layer.norm, a, eps)
 
         def back_h(dout):
             return nb(dout) * df(h)
@@ -88,56 +75,6 @@ def _dense(layer, x, w, b):
         dp = m * back_h(dout)
         return dp @ w.T, dp
     return out, x, back
-
-
-def reference(network, tr, betas):
-    """Per block: stream x, branch f, dL/dx, layer inputs, dL/d(uW), in float64."""
-    x = tr["x0"].astype(np.float64)
-    cot = tr["cotangent"].astype(np.float64)
-    xs, fs, backs, ins = [], [], [], []
-    for i, block in enumerate(network.blocks):
-        ws = [w.astype(np.float64) for w in tr["w"][i]]
-        bs = [b.astype(np.float64) for b in tr["b"][i]]
-        if isinstance(block, Dense):
-            out, u, back = _dense(block, x, ws[0], bs[0])
-            xs.append(out)
-            fs.append(None)
-            ins.append((u,))
-            backs.append(lambda d, back=back: (lambda r: (r[0], (r[1],)))(back(d)))
-            x = out
-            continue
-        alpha = network.branch_scale(block)
-        pre = block.norm_position == "pre"
-        z, nb_pre = _norm(block.norm, x, block.norm_eps) if pre else (x, lambda d: d)
-        u = z / betas[i]
-        layer_backs, layer_ins = [], []
-        for layer, w, b in zip(block.branch, ws, bs, strict=True):
-            u, u_in, back = _dense(layer, u, w, b)
-            layer_backs.append(back)
-            layer_ins.append(u_in)
-        f = alpha * u
-        total = x + f
-        out, nb_post = (total, lambda d: d) if pre else _norm(block.norm, total, block.norm_eps)
-
-        def back(dout, nb_pre=nb_pre, nb_post=nb_post, layer_backs=layer_backs, alpha=alpha, beta=betas[i]):
-            dtotal = nb_post(dout)
-            du, dps = alpha * dtotal, []
-            for lb in reversed(layer_backs):
-                du, dp = lb(du)
-                dps.append(dp)
-            return dtotal + nb_pre(du / beta), tuple(reversed(dps))
-
-        xs.append(out)
-        fs.append(f)
-        ins.append(tuple(layer_ins))
-        backs.append(back)
-        x = out
-    dxs, dps = [None] * len(xs), [None] * len(xs)
-    d = cot
-    for i in reversed(range(len(xs))):
-        dxs[i] = d
-        d, dps[i] = backs[i](d)
-    return xs, fs, dxs, ins, dps
 
 
 # -- networks ---------------------------------------------------------------------------------------
@@ -172,43 +109,22 @@ def _nets():
 NETS = _nets()
 
 
-def _betas(network):
-    """NF's beta_l from its definition: sqrt(v + k alpha^2), k blocks into the residual run."""
-    out, v = [], network.input_variance
-    for block in network.blocks:
-        if isinstance(block, Residual):
-            a = network.branch_scale(block)
-            out.append(math.sqrt(v) if block.beta == "expected" else 1.0)
-            v = v + a * a
-        else:
-            out.append(1.0)
-            v = 1.0
-    return out
-
-
-def _close(a, b, what, rtol=2e-4):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = np.abs(b).max() + 1e-30
-    err = np.abs(a - b).max() / scale
-    assert err < rtol, f"{what}: max error {err:.2e} of the largest entry"
-
-
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_tensors_equal_a_float64_rederivation(name):
     net = NETS[name]
     with jax.default_matmul_precision("highest"):
         tr = trace_blocks(net, seed=3, key=11)
-    xs, fs, dxs, ins, dps = reference(net, tr, _betas(net))
+    xs, fs, dxs, ins, dps = reference(net, tr, nf_betas(net), _dense)
     for i in range(net.depth):
-        _close(tr["x"][i], xs[i], f"block {i + 1} stream")
-        _close(tr["dx"][i], dxs[i], f"block {i + 1} dL/dx")
+        assert_close(tr["x"][i], xs[i], f"block {i + 1} stream")
+        assert_close(tr["dx"][i], dxs[i], f"block {i + 1} dL/dx")
         if fs[i] is not None:
-            _close(tr["branch"][i], fs[i], f"block {i + 1} branch")
+            assert_close(tr["branch"][i], fs[i], f"block {i + 1} branch")
         else:
             assert np.isnan(tr["branch"][i]).all()
         for j, (u, dp) in enumerate(zip(ins[i], dps[i], strict=True)):
-            _close(tr["layer_inputs"][i][j], u, f"block {i + 1} layer {j} input")
-            _close(tr["d_product"][i][j], dp, f"block {i + 1} layer {j} dL/d(uW)")
+            assert_close(tr["layer_inputs"][i][j], u, f"block {i + 1} layer {j} input")
+            assert_close(tr["d_product"][i][j], dp, f"block {i + 1} layer {j} dL/d(uW)")
 
 
 def _np_moments(x):

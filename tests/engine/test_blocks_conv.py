@@ -18,6 +18,8 @@ import pytest
 from initjax.engine.blocks import propagate_blocks, trace_blocks
 from initjax.network import Conv, Dense, Network, Repeat, Residual
 
+from .block_reference import assert_close, nf_betas, norm_with_backward, reference
+
 _ACT = {
     "relu": (lambda x: np.maximum(x, 0.0), lambda x: (x > 0).astype(np.float64)),
     "identity": (lambda x: x, lambda x: np.ones_like(x)),
@@ -49,29 +51,12 @@ def np_conv(x, kernel):
     return _patches(x, k) @ kernel.reshape(-1, kernel.shape[-1])
 
 
-def _norm(kind, x, eps):
-    """(y, backward) of a norm without affine part on (B, H, W, C)."""
-    if kind == "none":
-        return x, lambda dy: dy
-    per_example = (1, 2, 3)
-    if kind == "rms":
-        r = np.sqrt((x * x).mean(per_example, keepdims=True) + eps)
-        y = x / r
-        return y, lambda dy: (dy - y * (dy * y).mean(per_example, keepdims=True)) / r
-    axis = (0, 1, 2) if kind == "batch" else per_example
-    mu = x.mean(axis, keepdims=True)
-    s = np.sqrt(((x - mu) ** 2).mean(axis, keepdims=True) + eps)
-    y = (x - mu) / s
-    return y, lambda dy: (dy - dy.mean(axis, keepdims=True)
-                          - y * (dy * y).mean(axis, keepdims=True)) / s
-
-
 def _conv_layer(layer, x, kern, b):
     """A preactivation Conv layer: (out, u, backward(dout) -> (dx, dL/d(conv(u, K))))."""
     assert layer.preactivation and layer.norm_position == "before"
     f, df = _ACT[layer.activation.name]
     m, k = layer.multiplier, kern.shape[0]
-    z, nb = _norm(layer.norm, x, layer.norm_eps)
+    z, nb = norm_with_backward(layer.norm, x, layer.norm_eps)
     u = f(z)
     out = m * np_conv(u, kern) + b
 
@@ -80,46 +65,6 @@ def _conv_layer(layer, x, kern, b):
         du = _unpatch(dp @ kern.reshape(-1, kern.shape[-1]).T, k, kern.shape[2])
         return nb(du * df(z)), dp
     return out, u, back
-
-
-def reference(network, tr, betas):
-    """Per block: stream, branch, dL/dx, layer inputs, dL/d(product), in float64."""
-    x = tr["x0"].astype(np.float64)
-    xs, fs, backs, ins = [], [], [], []
-    for i, block in enumerate(network.blocks):
-        alpha = network.branch_scale(block)
-        pre = block.norm_position == "pre"
-        z, nb_pre = _norm(block.norm, x, block.norm_eps) if pre else (x, lambda d: d)
-        u = z / betas[i]
-        layer_backs, layer_ins = [], []
-        for layer, w, b in zip(block.branch, tr["w"][i], tr["b"][i], strict=True):
-            u, u_in, back = _conv_layer(layer, u, w.astype(np.float64), b.astype(np.float64))
-            layer_backs.append(back)
-            layer_ins.append(u_in)
-        f = alpha * u
-        total = x + f
-        out, nb_post = (total, lambda d: d) if pre else _norm(block.norm, total, block.norm_eps)
-
-        def back(dout, nb_pre=nb_pre, nb_post=nb_post, layer_backs=layer_backs, alpha=alpha,
-                 beta=betas[i]):
-            dtotal = nb_post(dout)
-            du, dps = alpha * dtotal, []
-            for lb in reversed(layer_backs):
-                du, dp = lb(du)
-                dps.append(dp)
-            return dtotal + nb_pre(du / beta), tuple(reversed(dps))
-
-        xs.append(out)
-        fs.append(f)
-        ins.append(tuple(layer_ins))
-        backs.append(back)
-        x = out
-    dxs, dps = [None] * len(xs), [None] * len(xs)
-    d = tr["cotangent"].astype(np.float64)
-    for i in reversed(range(len(xs))):
-        dxs[i] = d
-        d, dps[i] = backs[i](d)
-    return xs, fs, dxs, ins, dps
 
 
 C = 12
@@ -131,20 +76,6 @@ NETS = {
         Conv(C, weight_standardization=True, preactivation=True, multiplier=1.7)),
         alpha=0.3, beta="expected"), 3),), spatial=(5, 6), batch=4, input_variance=2.0),
 }
-
-
-def _betas(network):
-    v, out = network.input_variance, []
-    for block in network.blocks:
-        out.append(math.sqrt(v) if block.beta == "expected" else 1.0)
-        v += network.branch_scale(block) ** 2
-    return out
-
-
-def _close(a, b, what, rtol=2e-4):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    err = np.abs(a - b).max() / (np.abs(b).max() + 1e-30)
-    assert err < rtol, f"{what}: max error {err:.2e} of the largest entry"
 
 
 @pytest.fixture(scope="module", params=sorted(NETS))
@@ -160,14 +91,14 @@ def test_tensors_equal_a_float64_rederivation(traced):
     net, tr, _ = traced
     assert tr["x0"].shape == (net.batch, *net.spatial, C)
     assert tr["w"][0][0].shape == (3, 3, C, C)
-    xs, fs, dxs, ins, dps = reference(net, tr, _betas(net))
+    xs, fs, dxs, ins, dps = reference(net, tr, nf_betas(net), _conv_layer)
     for i in range(net.depth):
-        _close(tr["x"][i], xs[i], f"block {i + 1} stream")
-        _close(tr["branch"][i], fs[i], f"block {i + 1} branch")
-        _close(tr["dx"][i], dxs[i], f"block {i + 1} dL/dx")
+        assert_close(tr["x"][i], xs[i], f"block {i + 1} stream")
+        assert_close(tr["branch"][i], fs[i], f"block {i + 1} branch")
+        assert_close(tr["dx"][i], dxs[i], f"block {i + 1} dL/dx")
         for j, (u, dp) in enumerate(zip(ins[i], dps[i], strict=True)):
-            _close(tr["layer_inputs"][i][j], u, f"block {i + 1} layer {j} input")
-            _close(tr["d_product"][i][j], dp, f"block {i + 1} layer {j} dL/d(conv)")
+            assert_close(tr["layer_inputs"][i][j], u, f"block {i + 1} layer {j} input")
+            assert_close(tr["d_product"][i][j], dp, f"block {i + 1} layer {j} dL/d(conv)")
 
 
 def test_kernels_are_hwio_with_the_conv_fan_in(traced):
