@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import threading
 import time
@@ -916,10 +917,9 @@ def probe(
     if isinstance(model, NetworkModule):
         given = {"act_range": act_range, "grad_range": grad_range, "bins": bins,
                  "saturation_tolerance": saturation_tolerance, "activation": activation}
-        defaults = {"act_range": (-1.0, 1.0), "grad_range": (-1.0, 1.0), "bins": 40,
-                    "saturation_tolerance": 0.01, "activation": None}
+        defaults = inspect.signature(probe).parameters  # the histogram options' own defaults
         for name, value in given.items():
-            if value != defaults[name]:
+            if value != defaults[name].default:
                 raise ValueError(f"{name}={value!r} does not apply to a NetworkModule: it is probed per "
                                  "block (probe_blocks), without histograms")
         return probe_blocks(model, x, cotangent=cotangent, key=key, use_running_average=use_running_average)
