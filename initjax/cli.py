@@ -102,11 +102,19 @@ def _residual_network(args: argparse.Namespace):
     )
 
 
+def _refuse_given(args: argparse.Namespace, flags: Sequence[str], why: str) -> None:
+    """Refuse, not ignore, each of ``flags`` given a value other than its default: ``--FLAG WHY``.
+    The defaults are the parser's own, read by parsing the bare command."""
+    defaults = _parser().parse_args([args.command])
+    for flag in flags:
+        if getattr(args, flag) != getattr(defaults, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} {why}")
+
+
 def _check_mlp_flags(args: argparse.Namespace) -> None:
     """Residual-only flags given without ``--arch residual`` are refused, not ignored."""
-    for flag, default in (("branch_scale", "1"), ("branch_layers", 1), ("norm_position", "pre")):
-        if getattr(args, flag) != default:
-            raise ValueError(f"--{flag.replace('_', '-')} applies to --arch residual only")
+    _refuse_given(args, ("branch_scale", "branch_layers", "norm_position"),
+                  "applies to --arch residual only")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -325,11 +333,8 @@ def _propagate_residual(args: argparse.Namespace) -> int:
     from initjax import _io, plotting
     from initjax.engine import NonFiniteWarning, propagate
 
-    for flag, default in (("in_width", None), ("bias_init", "zeros"), ("input_variance", 1.0),
-                          ("input_correlation", 0.0), ("bins", 40), ("method", "dense"),
-                          ("devices", None), ("placement", "before")):
-        if getattr(args, flag) != default:
-            raise ValueError(f"--{flag.replace('_', '-')} does not apply to --arch residual")
+    _refuse_given(args, ("in_width", "bias_init", "input_variance", "input_correlation", "bins",
+                         "method", "devices", "placement"), "does not apply to --arch residual")
     network = _residual_network(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWarning)
@@ -416,9 +421,8 @@ def _cmd_theory(args: argparse.Namespace) -> int:
                              f"and kept), got {args.depth}")
         return _theory_residual(args)
     _check_mlp_flags(args)
-    for flag, default in (("init", "he_normal"), ("width", 1024), ("batch", 16), ("norm", "none")):
-        if getattr(args, flag) != default:
-            raise ValueError(f"--{flag} applies to --arch residual only (--arch mlp takes --sigma-w2)")
+    _refuse_given(args, ("init", "width", "batch", "norm"),
+                  "applies to --arch residual only (--arch mlp takes --sigma-w2)")
     if args.sigma_w2 is None:
         raise ValueError("--arch mlp needs --sigma-w2 (the weight variance times the fan-in)")
     args.activation = args.activation or "tanh"
