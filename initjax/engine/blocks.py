@@ -407,21 +407,6 @@ def _flat(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-def _draw_inputs(network: Network, key: jax.Array) -> jax.Array:
-    """x^0: :func:`~initjax.engine.sampling.draw_inputs` without spatial axes (bitwise); with
-    them, ``(batch, *spatial, in_width)`` drawn the same way (every entry N(0, v), correlation c
-    between two examples at the same entry)."""
-    if not network.spatial:
-        return draw_inputs(network, key)
-    shape = (*network.spatial, network.in_width)
-    k_shared, k_own = jax.random.split(key)
-    shared = jax.random.normal(k_shared, (1, *shape), jnp.float32)
-    own = jax.random.normal(k_own, (network.batch, *shape), jnp.float32)
-    c, v = network.input_correlation, network.input_variance
-    x = math.sqrt(v) * (math.sqrt(c) * shared + math.sqrt(1.0 - c) * own)
-    return x.astype(network.jnp_dtype)
-
-
 def weight_grad_norm(layer: Dense | Conv, x_in: jax.Array, d: jax.Array) -> jax.Array:
     """``||dL/dW||_F`` of a layer from its product's input ``x_in`` and ``d = dL/d(product)``.
 
@@ -447,7 +432,7 @@ def seed_block_stats(network: Network, cotangent: str, remat: bool, seed_key: ja
     with ``raw``, the tensors instead (see :func:`trace_blocks`)."""
     keys = split_seed_key(seed_key)
     dtype = network.jnp_dtype
-    x0 = _draw_inputs(network, keys.inputs) if inputs is None else inputs.astype(dtype)
+    x0 = draw_inputs(network, keys.inputs) if inputs is None else inputs.astype(dtype)
     batch = x0.shape[0]
     spatial = tuple(network.spatial)
     rank = len(spatial)

@@ -78,11 +78,12 @@ def split_seed_key(seed_key: jax.Array) -> SeedKeys:
 
 def draw_inputs(config: NetworkConfig, key: jax.Array) -> jax.Array:
     """x^0 with per-coordinate variance v and pairwise example correlation c:
-    ``x_b = sqrt(v) (sqrt(c) s + sqrt(1 - c) e_b)`` with s, e_b i.i.d. N(0, I)."""
-    n0 = config.widths[0]
+    ``x_b = sqrt(v) (sqrt(c) s + sqrt(1 - c) e_b)`` with s, e_b i.i.d. N(0, I). Each example is
+    ``(*spatial, n_0)`` for a description with spatial axes (a conv Network), else ``(n_0,)``."""
+    shape = (*getattr(config, "spatial", ()), config.widths[0])
     k_shared, k_own = jax.random.split(key)
-    shared = jax.random.normal(k_shared, (1, n0), jnp.float32)
-    own = jax.random.normal(k_own, (config.batch, n0), jnp.float32)
+    shared = jax.random.normal(k_shared, (1, *shape), jnp.float32)
+    own = jax.random.normal(k_own, (config.batch, *shape), jnp.float32)
     c, v = config.input_correlation, config.input_variance
     x = math.sqrt(v) * (math.sqrt(c) * shared + math.sqrt(1.0 - c) * own)
     return x.astype(config.jnp_dtype)
