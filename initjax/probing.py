@@ -72,6 +72,7 @@ from flax import nnx
 from initjax import activations as _activations
 from initjax._checks import check_float, check_int
 from initjax._keys import as_key
+from initjax._precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from initjax.engine import LayerStats, Propagation, measure_layers
 from initjax.engine.blocks import BlockPropagation, BlockStats, forward_stats
 from initjax.engine.stats import check_range, finite_moments, overflowed_rows
@@ -124,6 +125,8 @@ class ProbeResult:
         ``saturated`` (given, the model's own, or inferred; see the module docstring).
       model_name: the probed model's class name (``"MLP"``, ``"ensemble of 4 MLP"``).
       cotangent: how the output gradient was set: ``"normal"``, ``"array"`` or ``"loss"``.
+      precision: the matmul precision of the model's forward/backward pass and the statistics
+        (see :mod:`initjax._precision`).
     """
 
     stats: LayerStats
@@ -133,6 +136,7 @@ class ProbeResult:
     activations: tuple[_activations.Activation, ...]
     model_name: str
     cotangent: str = "normal"
+    precision: str = DEFAULT_PRECISION
 
     @property
     def config(self) -> ProbeConfig:
@@ -679,6 +683,38 @@ def _measure(
     activation: Any,
     model_activation: Any,
     model_name: str,
+    precision: str,
+) -> ProbeResult:
+    """:func:`probe`'s measurement, every matmul (the model's and the statistics') traced and run
+    at ``precision``."""
+    with matmul_precision(precision):
+        result = _measure_at(
+            runner, params, rest, x, stack_size=stack_size, model_desc=model_desc, expect=expect,
+            cotangent=cotangent, key=key, act_range=act_range, grad_range=grad_range, bins=bins,
+            saturation_tolerance=saturation_tolerance, activation=activation,
+            model_activation=model_activation, model_name=model_name,
+        )
+    return dataclasses.replace(result, precision=precision)
+
+
+def _measure_at(
+    runner: _Runner,
+    params: Any,
+    rest: Any,
+    x: Array,
+    *,
+    stack_size: int | None,
+    model_desc: str,
+    expect: str,
+    cotangent: Any,
+    key: Any,
+    act_range: tuple[float, float],
+    grad_range: tuple[float, float],
+    bins: int,
+    saturation_tolerance: float,
+    activation: Any,
+    model_activation: Any,
+    model_name: str,
 ) -> ProbeResult:
     kind, cot_value = _check_cotangent(cotangent)
     base_key = as_key(key)
@@ -857,6 +893,7 @@ def probe(
     saturation_tolerance: float = 0.01,
     activation: str | _activations.Activation | None = None,
     use_running_average: bool | None = None,
+    precision: str | None = None,
 ) -> ProbeResult | BlockPropagation:
     """The engine's per-layer statistics (:class:`~initjax.LayerStats`) of an existing NNX model.
 
@@ -899,6 +936,12 @@ def probe(
         activation is the default and ``y`` is always its ``"act"`` intermediate.
       use_running_average: None keeps every batch norm's mode; True/False sets it for this probe
         (on a private copy: the model's mode is unchanged).
+      precision: the precision of every matmul and convolution of the model's forward and
+        backward pass and of the statistics: ``"highest"`` (None, the default: float32-exact on
+        every backend), ``"high"`` or ``"default"`` (the backend's fastest; on issue 13's H200,
+        TF32-class passes moved the variances of a 10 x 1024 tanh network by 5e-5..1e-4
+        relative, while ``"highest"`` agreed with the CPU to 3e-7..8e-7). The same numbers on
+        CPU for all three. See :mod:`initjax._precision`.
 
     Returns:
       :class:`ProbeResult` with ``stats`` (axes ``(seed, layer, ...)``), the histogram edges and
@@ -922,7 +965,9 @@ def probe(
             if value != defaults[name].default:
                 raise ValueError(f"{name}={value!r} does not apply to a NetworkModule: it is probed per "
                                  "block (probe_blocks), without histograms")
-        return probe_blocks(model, x, cotangent=cotangent, key=key, use_running_average=use_running_average)
+        return probe_blocks(model, x, cotangent=cotangent, key=key, use_running_average=use_running_average,
+                            precision=precision)
+    precision = check_precision(precision)
     act_range = check_range("act_range", act_range)
     grad_range = check_range("grad_range", grad_range)
     if activation is not None:
@@ -933,7 +978,7 @@ def probe(
         runner, params, rest, x, stack_size=stack_size, model_desc=type(model).__name__,
         expect=expect, cotangent=cotangent, key=key, act_range=act_range, grad_range=grad_range,
         bins=bins, saturation_tolerance=saturation_tolerance, activation=activation,
-        model_activation=model_act, model_name=type(model).__name__,
+        model_activation=model_act, model_name=type(model).__name__, precision=precision,
     )
 
 
@@ -944,6 +989,7 @@ def probe_blocks(
     cotangent: str | Any | Callable[[Array], Array] = "normal",
     key: int | Array = 0,
     use_running_average: bool | None = None,
+    precision: str | None = None,
 ) -> BlockPropagation:
     """The block engine's per-block statistics of an existing :class:`~initjax.modules.NetworkModule`.
 
@@ -964,6 +1010,12 @@ def probe_blocks(
         or a callable ``loss(output) -> scalar``.
       key: PRNG key or int seed (philox2x32) for ``"normal"``.
       use_running_average: None keeps every batch norm's mode; True/False sets it for this probe.
+      precision: the precision of every matmul and convolution of the model's forward and
+        backward pass and of the statistics: ``"highest"`` (None, the default: float32-exact on
+        every backend), ``"high"`` or ``"default"`` (the backend's fastest; on issue 13's H200,
+        TF32-class passes moved the variances of a 10 x 1024 tanh network by 5e-5..1e-4
+        relative, while ``"highest"`` agreed with the CPU to 3e-7..8e-7). The same numbers on
+        CPU for all three. See :mod:`initjax._precision`.
 
     Returns:
       :class:`~initjax.engine.blocks.BlockPropagation` with a seed axis of size 1 and the model's
@@ -984,7 +1036,24 @@ def probe_blocks(
     if x.ndim != 2 or x.shape[1] != n0:
         raise ValueError(f"x must have shape (batch, {n0}) for this network, got {x.shape}")
     kind, given = _check_cotangent(cotangent)
+    precision = check_precision(precision)
     start = time.perf_counter()
+    with matmul_precision(precision):
+        stats = _block_stats(model, x, kind, given, key, use_running_average)
+    return BlockPropagation(
+        network=model.description,
+        stats=stats,
+        key=int(key) if isinstance(key, int | np.integer) and kind == "normal" else None,
+        cotangent=kind,
+        prng_impl="philox2x32",
+        seconds=time.perf_counter() - start,
+        precision=precision,
+    )
+
+
+def _block_stats(model: NetworkModule, x: Array, kind: str, given: Any, key: Any,
+                 use_running_average: bool | None) -> BlockStats:
+    """:func:`probe_blocks`' statistics (seed axis of size 1), at the caller's matmul precision."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     runner = NNXRunner(graphdef, use_running_average)
 
@@ -1034,15 +1103,7 @@ def probe_blocks(
         norms = [jnp.linalg.norm(layer.kernel[...].astype(jnp.float32)) for layer in layers]
         norms += [jnp.float32(jnp.nan)] * (m_max - len(norms))
         fields.setdefault("weight_grad_norm", []).append(jnp.stack(norms))
-    arrays = {k: np.asarray(jnp.stack(v))[None] for k, v in fields.items()}
-    return BlockPropagation(
-        network=model.description,
-        stats=BlockStats(**arrays),
-        key=int(key) if isinstance(key, int | np.integer) and kind == "normal" else None,
-        cotangent=kind,
-        prng_impl="philox2x32",
-        seconds=time.perf_counter() - start,
-    )
+    return BlockStats(**{k: np.asarray(jnp.stack(v))[None] for k, v in fields.items()})
 
 
 def probe_linen(
@@ -1058,6 +1119,7 @@ def probe_linen(
     bins: int = 40,
     saturation_tolerance: float = 0.01,
     activation: str | _activations.Activation | None = None,
+    precision: str | None = None,
 ) -> ProbeResult:
     """:func:`probe` for a Flax Linen model: ``apply_fn(variables, x, **apply_kwargs)``.
 
@@ -1074,8 +1136,8 @@ def probe_linen(
       apply_kwargs: further keyword arguments of ``apply_fn`` (``train=True``,
         ``mutable=["batch_stats"]``: with ``mutable`` the ``(output, updates)`` pair is accepted
         and the updates are dropped).
-      cotangent, key, act_range, grad_range, bins, saturation_tolerance, activation: as in
-        :func:`probe`.
+      cotangent, key, act_range, grad_range, bins, saturation_tolerance, activation, precision:
+        as in :func:`probe`.
 
     Returns:
       :class:`ProbeResult` with a seed axis of size 1.
@@ -1093,6 +1155,7 @@ def probe_linen(
         )
     if apply_kwargs is not None and not isinstance(apply_kwargs, Mapping):
         raise TypeError(f"apply_kwargs must be a dict or None, got {apply_kwargs!r}")
+    precision = check_precision(precision)
     act_range = check_range("act_range", act_range)
     grad_range = check_range("grad_range", grad_range)
     if activation is not None:
@@ -1107,7 +1170,7 @@ def probe_linen(
         runner, params, rest, x, stack_size=None, model_desc=name,
         expect="see the error below", cotangent=cotangent, key=key, act_range=act_range,
         grad_range=grad_range, bins=bins, saturation_tolerance=saturation_tolerance,
-        activation=activation, model_activation=None, model_name=name,
+        activation=activation, model_activation=None, model_name=name, precision=precision,
     )
 
 

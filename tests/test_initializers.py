@@ -429,8 +429,8 @@ def test_identity_dense():
 def test_identity_conv_is_a_dirac_kernel(key):
     w = inits.identity()(key, (3, 3, 4, 4))
     x = np.sin(np.arange(2 * 8 * 8 * 4, dtype=np.float32)).reshape(2, 8, 8, 4)
-    y = jax.lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    y = jax.lax.conv_general_dilated(  # float32-exact: a GPU's default conv rounds x to TF32
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
     )
     np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6)
     w = np.array(inits.identity(gain=2.0)(key, (3, 5, 4, 6)))

@@ -28,7 +28,10 @@ X = jax.random.normal(_key(1), (BATCH, WIDTH))
 
 
 def _preact_vars(net, x):
-    out, inter = net.forward_with_intermediates(x)
+    # float32-exact matmuls, as lsuv's own forward passes (its precision policy): the reference
+    # must not carry a GPU's default TF32-class rounding (1e-4 relative in a variance)
+    with jax.default_matmul_precision("highest"):
+        out, inter = net.forward_with_intermediates(x)
     vs = [np.var(np.asarray(h, np.float64)) for h in inter["preact"]]
     if getattr(net, "readout", None) is not None or getattr(net, "classifier", None) is not None:
         vs.append(np.var(np.asarray(out, np.float64)))  # the readout's output: its "pre-activation"

@@ -15,6 +15,15 @@ from initjax.modules import MLP, BatchNorm, PlainCNN, PReLU
 EPS = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _float32_exact_matmuls():
+    """initjax.modules are Flax layers: they run at their caller's matmul precision (initjax's
+    own entry points set "highest" themselves). Against float64 numpy at rtol 1e-5 these tests
+    call them at "highest": a GPU's default TF32-class matmuls are ~1e-3 off."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _np(a):
     return np.asarray(a, dtype=np.float64)
 

@@ -133,7 +133,8 @@ def test_generic_nnx_model_and_linen_match_the_mlp(tanh_mlp, engine):
 
 def test_cotangent_forms_agree(tanh_mlp):
     x = _x()
-    out = tanh_mlp(x)
+    with jax.default_matmul_precision("highest"):  # probe's own forward pass is float32-exact
+        out = tanh_mlp(x)
     # loss = 1/2 ||f||^2 has gradient f: the callable and the array forms give the same statistics
     by_loss = probe(tanh_mlp, x, cotangent=lambda f: 0.5 * jnp.sum(f**2))
     by_array = probe(tanh_mlp, x, cotangent=out)
@@ -174,7 +175,8 @@ def test_plain_cnn_flattened_statistics_and_conv_weight_gradients():
         grads = nnx.grad(lambda m: jnp.sum(cot * m(x)))(m)
         return m.forward_with_intermediates(x)[1], grads
 
-    inter, grads = reference(cnn)
+    with jax.default_matmul_precision("highest"):  # as probe's own (its precision policy)
+        inter, grads = reference(cnn)
     for layer in range(2):
         h = np.asarray(inter["preact"][layer]).reshape(-1, 8)  # (batch*H*W, channels)
         a = np.asarray(inter["act"][layer]).reshape(-1, 8)
@@ -221,9 +223,10 @@ def test_norm_after_residual_and_batch_norm_modes():
 
     zeros = [jnp.zeros((BATCH, WIDTH))] * 2
     for mode, res in ((True, evaluated), (False, train)):  # the training-mode pass updates net
-        _, vjp = jax.vjp(lambda ph, px, mode=mode: forward(ph, px, mode), zeros, zeros)
-        dh, dx = vjp(cot)
-        _, inter = net.forward_with_intermediates(x, use_running_average=mode)
+        with jax.default_matmul_precision("highest"):  # as probe's own (its precision policy)
+            _, vjp = jax.vjp(lambda ph, px, mode=mode: forward(ph, px, mode), zeros, zeros)
+            dh, dx = vjp(cot)
+            _, inter = net.forward_with_intermediates(x, use_running_average=mode)
         for i in range(2):
             np.testing.assert_allclose(res.stats.grad_preact_var[0, i], np.var(dh[i]), rtol=1e-5)
             np.testing.assert_allclose(res.stats.grad_act_var[0, i], np.var(dx[i]), rtol=1e-5)

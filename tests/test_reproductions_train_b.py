@@ -113,7 +113,8 @@ def test_ensemble_matches_unrolled_network_and_sgd():
     for a, arm in enumerate(ARMS):
         for s in range(2):
             p = jax.tree.map(lambda v, a=a, s=s: jnp.asarray(v[a, s]), before)
-            want, want_loss, last = _reference_sgd(p, xs, ys, arm.learning_rate, a)
+            with jax.default_matmul_precision("highest"):  # as the Ensemble's own programs
+                want, want_loss, last = _reference_sgd(p, xs, ys, arm.learning_rate, a)
             np.testing.assert_allclose(acts[a, s, -1], last, rtol=1e-5, atol=1e-6)
             got = jax.tree.map(lambda w, a=a, s=s: w[a, s], ens.params)
             for want_leaf, got_leaf in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):

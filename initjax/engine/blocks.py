@@ -65,10 +65,13 @@ import numpy as np
 
 from initjax import _io
 from initjax._checks import check_choice, check_int
+from initjax._precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from initjax.engine.executor import (
     check_host_memory,
+    check_seed_fits,
     chunk_capacity,
     default_lanes,
+    describe_widths,
     lane_loop,
     resolve_budget,
 )
@@ -164,6 +167,11 @@ class BlockPropagation:
       cotangent: how the output gradient was drawn.
       prng_impl: the PRNG implementation.
       seconds: wall time (compile included).
+      precision: the matmul precision of the run (``"highest"`` unless asked otherwise; see
+        :mod:`initjax._precision`).
+      memory_budget: the bytes of temporaries per chunk the seeds were chunked to (NaN if not
+        recorded); memory_budget_source: where it came from (as in
+        :class:`~initjax.engine.Propagation`; ``"unknown"`` if not recorded).
     """
 
     network: Network
@@ -172,6 +180,9 @@ class BlockPropagation:
     cotangent: str = "normal"
     prng_impl: str = "philox2x32"
     seconds: float = float("nan")
+    precision: str = DEFAULT_PRECISION
+    memory_budget: float = float("nan")
+    memory_budget_source: str = "unknown"
 
     @property
     def config(self) -> Network:
@@ -218,6 +229,8 @@ class BlockPropagation:
             "key": self.key,
             "cotangent": self.cotangent,
             "prng_impl": self.prng_impl,
+            "precision": self.precision,
+            "memory_budget": {"bytes": self.memory_budget, "source": self.memory_budget_source},
             "layers": self.layer_table(),
         }
 
@@ -226,7 +239,8 @@ class BlockPropagation:
         d = Path(directory)
         _io.write_npz(d / "stats.npz", **{k: np.asarray(v) for k, v in self.stats._asdict().items()})
         meta = {"key": self.key, "cotangent": self.cotangent, "prng_impl": self.prng_impl,
-                "seconds": self.seconds, "seeds": self.seeds}
+                "seconds": self.seconds, "seeds": self.seeds, "precision": self.precision,
+                "memory_budget": self.memory_budget, "memory_budget_source": self.memory_budget_source}
         _io.write_json(d / "meta.json", meta)
         _io.write_json(d / "network.json", self.network.to_dict())
         return d
@@ -245,7 +259,11 @@ class BlockPropagation:
         seconds = meta.get("seconds")
         return cls(network, stats, meta.get("key"), meta.get("cotangent", "normal"),
                    meta.get("prng_impl", "philox2x32"),
-                   float("nan") if seconds is None else float(seconds))
+                   float("nan") if seconds is None else float(seconds),
+                   # saved before the precision policy: the backend's default (exact on CPU)
+                   meta.get("precision", "default"),
+                   float("nan") if meta.get("memory_budget") is None else float(meta["memory_budget"]),
+                   meta.get("memory_budget_source", "unknown"))
 
 
 # -- the sampled network --------------------------------------------------------------------------
@@ -531,6 +549,7 @@ def trace_blocks(
     inputs: Any = None,
     cotangent: str = "normal",
     prng_impl: str = "philox2x32",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The raw tensors of one seed's network, exactly as :func:`propagate_blocks` draws it.
 
@@ -539,30 +558,33 @@ def trace_blocks(
     before the add; NaN for a Dense block), ``"dx"`` (dL/dx of the stream after it); per block, a
     tuple over its layers of ``"layer_inputs"`` (what multiplies ``W``), ``"d_product"``
     (dL/d(u W)), ``"w"`` and ``"b"`` (the drawn, possibly standardized, weights and biases); and
-    the output ``"cotangent"``.
+    the output ``"cotangent"``. ``precision``: the matmul precision, as in
+    :func:`propagate_blocks`.
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
     seed = check_int("seed", seed, minimum=0)
+    precision = check_precision(precision)
     check_choice("cotangent", cotangent, COTANGENTS)
     _check_spatial_cotangent(network, cotangent)
     k = seed_keys(base_key(key, prng_impl), [seed])[0]
     x = _check_inputs(network, inputs, 1)
-    run = jax.jit(lambda kk, xx: seed_block_stats(network, cotangent, False, kk, xx, raw=True))
-    out = jax.tree.map(np.asarray, run(k, None if x is None else x[0]))
-    keys = split_seed_key(k)
-    out["w"], out["b"] = [], []
-    width, b = network.in_width, 0
-    for block in network.blocks:
-        ws, bs, n = [], [], width
-        for j, layer in enumerate(_block_layers(block)):
-            w, bias = block_params(layer, keys, b, j, n, network.jnp_dtype, len(network.spatial))
-            ws.append(np.asarray(w))
-            bs.append(np.asarray(bias))
-            n = layer.width
-        out["w"].append(tuple(ws))
-        out["b"].append(tuple(bs))
-        width, b = block.out_width(width), b + 1
+    with matmul_precision(precision):
+        run = jax.jit(lambda kk, xx: seed_block_stats(network, cotangent, False, kk, xx, raw=True))
+        out = jax.tree.map(np.asarray, run(k, None if x is None else x[0]))
+        keys = split_seed_key(k)
+        out["w"], out["b"] = [], []
+        width, b = network.in_width, 0
+        for block in network.blocks:
+            ws, bs, n = [], [], width
+            for j, layer in enumerate(_block_layers(block)):
+                w, bias = block_params(layer, keys, b, j, n, network.jnp_dtype, len(network.spatial))
+                ws.append(np.asarray(w))
+                bs.append(np.asarray(bias))
+                n = layer.width
+            out["w"].append(tuple(ws))
+            out["b"].append(tuple(bs))
+            width, b = block.out_width(width), b + 1
     return out
 
 
@@ -623,6 +645,7 @@ def propagate_blocks(
     prng_impl: str = "philox2x32",
     progress: bool | None = None,
     seed_offset: int = 0,
+    precision: str | None = None,
 ) -> BlockPropagation:
     """Per-block statistics of ``seeds`` sampled networks (see the module docstring).
 
@@ -642,13 +665,18 @@ def propagate_blocks(
       cotangent: ``"normal"``, ``"mse"`` or ``"xent"`` (see :func:`initjax.propagate`).
       chunk_size: seeds per compiled call (default: as many as ``memory_budget`` holds, rounded
         to a power of two).
-      memory_budget: bytes of temporaries a chunk may use (default 2 GiB or
-        ``INITJAX_MEMORY_BUDGET``).
+      memory_budget: bytes of temporaries a chunk may use (default ``INITJAX_MEMORY_BUDGET``,
+        else measured: 3/4 of an accelerator's free memory, 1/4 of the host's available RAM on
+        CPU, 2 GiB where neither is known; see :func:`initjax.propagate`); recorded in the result.
       remat: draw each block's weights again in the backward pass instead of keeping them.
       jit: False runs seed by seed without compilation (slow; for debugging).
       prng_impl: the PRNG implementation of an int ``key``.
       progress: show a progress bar (default: only on a terminal and with more than one chunk).
       seed_offset: the first seed index.
+      precision: the precision of every matmul and convolution, ``"highest"`` (None, the default:
+        float32-exact on every backend), ``"high"`` or ``"default"`` (the backend's fastest);
+        see :func:`initjax.propagate` for the error measured on a GPU (issue 13's H200:
+        5e-5..1e-4 relative for ``"default"``). Identical numbers on CPU.
 
     Raises:
       ValueError / TypeError: for bad arguments, naming the value; MemoryError when one seed
@@ -663,6 +691,7 @@ def propagate_blocks(
     seed_offset = check_int("seed_offset", seed_offset, minimum=0)
     check_choice("cotangent", cotangent, COTANGENTS)
     _check_spatial_cotangent(network, cotangent)
+    precision = check_precision(precision)
     remat, jit = bool(remat), bool(jit)
     root = base_key(key, prng_impl)
     impl = str(jax.random.key_impl(root))
@@ -671,19 +700,36 @@ def propagate_blocks(
     budget = resolve_budget(memory_budget)
     lanes = default_lanes()
     if chunk_size is None:
-        if per_seed > budget:
-            raise MemoryError(
-                f"one seed of this network needs about {per_seed / 2**30:.2f} GiB of temporaries "
-                f"({network.depth} blocks, widths up to {max(network.widths)}, batch {network.batch}); "
-                f"the memory budget is {budget / 2**30:.2f} GiB: raise memory_budget or "
-                "INITJAX_MEMORY_BUDGET, or reduce width, depth or batch")
-        chunk_size = chunk_capacity(seeds, int(budget // per_seed))
+        spatial = f", spatial {network.spatial}" if network.spatial else ""
+        check_seed_fits(per_seed, budget, f"{describe_widths(network.widths, 'block')}{spatial}, "
+                                          f"batch {network.batch}", "network")
+        chunk_size = chunk_capacity(seeds, int(budget.nbytes // per_seed))
     else:
         chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), seeds)
     chunk_size = -(-chunk_size // lanes) * lanes
 
     start = time.perf_counter()
     keys = seed_keys(root, np.arange(seed_offset, seed_offset + seeds))
+    with matmul_precision(precision):  # traced and called at it: jit's cache keys on the precision
+        stats = _run(network, cotangent, remat, jit, keys, x, chunk_size, lanes, progress)
+    seconds = time.perf_counter() - start
+    return BlockPropagation(
+        network=network,
+        stats=BlockStats(**stats),
+        key=int(key) if isinstance(key, int | np.integer) else None,
+        cotangent=cotangent,
+        prng_impl=impl,
+        seconds=seconds,
+        precision=precision,
+        memory_budget=budget.nbytes,
+        memory_budget_source=budget.source,
+    )
+
+
+def _run(network, cotangent, remat, jit, keys, x, chunk_size, lanes, progress) -> dict[str, np.ndarray]:
+    """The statistics of ``keys``' seeds, in compiled chunks (or seed by seed without jit)."""
+    seeds = keys.shape[0]
+    impl = str(jax.random.key_impl(keys))
     if jit:
         fn = compiled_program(network, cotangent, remat, x is not None, lanes, impl)
         key_data = jax.random.key_data(keys)
@@ -705,15 +751,7 @@ def propagate_blocks(
                 out = seed_block_stats(network, cotangent, remat, keys[s], None if x is None else x[s])
                 per.append({k: np.asarray(v) for k, v in out.items()})
         stats = {k: np.stack([p[k] for p in per]) for k in per[0]}
-    seconds = time.perf_counter() - start
-    return BlockPropagation(
-        network=network,
-        stats=BlockStats(**stats),
-        key=int(key) if isinstance(key, int | np.integer) else None,
-        cotangent=cotangent,
-        prng_impl=impl,
-        seconds=seconds,
-    )
+    return stats
 
 
 def _check_inputs(network: Network, inputs: Any, seeds: int) -> jax.Array | None:

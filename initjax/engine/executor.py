@@ -2,9 +2,10 @@
 
 * Seeds are a vmapped key axis: seed ``s`` uses ``fold_in(key, s)``, so its numbers do not depend
   on how many seeds run beside it or on the chunk size. Seeds run in chunks sized to a memory
-  budget (:func:`plan_chunks`); every chunk has the same size (the last is padded, and the program
-  stops before the padding), so one compiled program serves them all, and any other number of
-  seeds up to the same power of two (:func:`chunk_capacity`).
+  budget (:func:`plan_chunks`; :func:`resolve_budget`: the argument, ``INITJAX_MEMORY_BUDGET``,
+  else measured from the device or the host's free RAM); every chunk has the same size (the
+  last is padded, and the program stops before the padding), so one compiled program serves them
+  all, and any other number of seeds up to the same power of two (:func:`chunk_capacity`).
 * Inside a chunk, seeds are vmapped :func:`default_lanes` at a time and a loop walks over the
   lane groups (:func:`compiled_program`); with several devices the chunk is split over a
   one-axis mesh by ``jax.shard_map``, each device running that same program on its share.
@@ -15,8 +16,13 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +35,20 @@ from initjax.engine import dense, fast
 from initjax.engine.stats import LayerStats, MeasureOptions
 
 __all__ = [
+    "BUDGET_FLOOR",
+    "BUDGET_SOURCES",
     "DEFAULT_BUDGET",
+    "DEVICE_FRACTION",
+    "HOST_FRACTION",
     "SAMPLERS",
+    "ChunkPlan",
+    "MemoryBudget",
     "check_host_memory",
+    "check_seed_fits",
+    "describe_widths",
+    "format_bytes",
+    "device_memory_stats",
+    "host_available_memory",
     "lane_loop",
     "chunk_capacity",
     "compiled_program",
@@ -45,7 +62,24 @@ __all__ = [
     "to_host",
 ]
 
-DEFAULT_BUDGET = 2 * 2**30  # bytes of temporaries per chunk of seeds; INITJAX_MEMORY_BUDGET overrides
+# bytes of temporaries per chunk of seeds when nothing is known about the device (the budget
+# before issue 13; an accelerator without memory_stats(), a host without /proc/meminfo or sysconf)
+DEFAULT_BUDGET = 2 * 2**30
+# An accelerator's share: 3/4 of what its allocator can still hand out (bytes_limit - bytes_in_use).
+# The per-seed estimates (dense.estimate_memory and the others) count the big buffers only; XLA
+# adds its own temporaries, the allocator fragments, the chunk's inputs and results are on the
+# device too, and the user may allocate between calls. On the issue's H200 (139 GiB, of which
+# XLA's allocator allows 75% by default) 3/4 is about 75 GiB, above the 64 GB that ran its dense
+# demo at 2.2 ms/seed, and a 4 GiB fast-path seed at width 65,536 x depth 100 fits.
+DEVICE_FRACTION = 0.75
+# The host's share on CPU: 1/4 of MemAvailable. The CPU backend's buffers live in the same RAM as
+# the Python process, the per-seed results kept on the host (check_host_memory: up to half of
+# physical memory) and whatever else runs on the machine (shared CI runners, other jobs).
+HOST_FRACTION = 0.25
+BUDGET_FLOOR = 256 * 2**20  # a measured budget never goes below this (tiny or busy machines)
+# where a budget came from (MemoryBudget.source)
+BUDGET_SOURCES = ("argument", "environment", "device", "host-ram", "fallback")
+MEMINFO = Path("/proc/meminfo")  # read by host_available_memory (a test points it elsewhere)
 
 # the samplers by MeasureOptions.method (the ``method`` argument of propagate)
 SAMPLERS = {s.name: s for s in (dense.SAMPLER, fast.SAMPLER)}
@@ -137,13 +171,166 @@ def default_lanes() -> int:
     return 1 if jax.default_backend() == "cpu" else 8
 
 
-def resolve_budget(memory_budget: float | None) -> float:
-    """Bytes of temporaries a chunk may use: ``memory_budget``, else ``INITJAX_MEMORY_BUDGET``,
-    else :data:`DEFAULT_BUDGET`."""
-    if memory_budget is None:
-        env = os.environ.get("INITJAX_MEMORY_BUDGET")
-        return float(env) if env else float(DEFAULT_BUDGET)
-    return check_float("memory_budget", memory_budget, minimum=0.0, strict_minimum=True)
+class MemoryBudget(NamedTuple):
+    """The bytes of temporaries one chunk of seeds may use on each device, and their origin."""
+
+    nbytes: float  # bytes per device
+    source: str  # one of BUDGET_SOURCES
+    detail: str  # how it was obtained, in words (for error messages)
+
+    def describe(self) -> str:
+        return f"{format_bytes(self.nbytes)} ({self.detail})"
+
+
+def format_bytes(nbytes: float) -> str:
+    """``nbytes`` in GiB: two decimals, or three significant digits and the bytes below 0.01 GiB."""
+    if nbytes >= 0.01 * 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**30:.3g} GiB ({nbytes:,.0f} bytes)"
+
+
+def resolve_budget(
+    memory_budget: float | None = None, devices: Sequence[Any] | None = None
+) -> MemoryBudget:
+    """The memory budget of a chunk of seeds, per device, and where it came from.
+
+    In order: ``memory_budget`` if given (source ``"argument"``); else the environment variable
+    ``INITJAX_MEMORY_BUDGET`` (bytes, optionally with a unit: ``"64e9"``, ``"8GiB"``, ``"500MB"``;
+    ``"environment"``); else measured on the ``devices`` the chunk runs on (default: JAX's first
+    device):
+
+    * an accelerator: :data:`DEVICE_FRACTION` (3/4) of ``bytes_limit - bytes_in_use`` from its
+      ``memory_stats()``, the smallest over the devices (``"device"``);
+    * CPU: :data:`HOST_FRACTION` (1/4) of the host's available RAM (``MemAvailable``), shared by
+      the CPU devices (``"host-ram"``);
+
+    a measured budget is never below :data:`BUDGET_FLOOR` (256 MiB) and is rounded down to 1/16 of
+    its power of two, so that small changes of free memory between calls rarely change the chunk
+    capacity (a new compiled program). Where nothing can be measured: :data:`DEFAULT_BUDGET`
+    (2 GiB, ``"fallback"``).
+
+    Raises:
+      ValueError / TypeError: for a bad ``memory_budget`` or ``INITJAX_MEMORY_BUDGET``, naming it.
+    """
+    if memory_budget is not None:
+        value = check_float("memory_budget", memory_budget, minimum=0.0, strict_minimum=True)
+        return MemoryBudget(value, "argument", "the memory_budget argument")
+    env = os.environ.get("INITJAX_MEMORY_BUDGET", "").strip()
+    if env:
+        nbytes = _parse_bytes("INITJAX_MEMORY_BUDGET", env)
+        return MemoryBudget(nbytes, "environment", "INITJAX_MEMORY_BUDGET")
+    devices = list(devices) if devices is not None else jax.devices()[:1]
+    if devices and all(getattr(d, "platform", "cpu") != "cpu" for d in devices):
+        free = []
+        for d in devices:
+            stats = device_memory_stats(d)
+            if not stats or "bytes_limit" not in stats:
+                free = []
+                break
+            free.append(float(stats["bytes_limit"]) - float(stats.get("bytes_in_use", 0)))
+        if free:
+            name = f"{devices[0].platform}:{getattr(devices[0], 'id', 0)}"
+            if len(devices) > 1:
+                name = f"the least free of {len(devices)} {devices[0].platform} devices"
+            free_bytes = max(min(free), 0.0)
+            detail = (f"{DEVICE_FRACTION:g} x the {free_bytes / 2**30:.1f} GiB free on {name}, "
+                      "bytes_limit - bytes_in_use")
+            return MemoryBudget(_measured(DEVICE_FRACTION * free_bytes), "device", detail)
+        return MemoryBudget(float(DEFAULT_BUDGET), "fallback",
+                            f"the default: {devices[0].platform} reports no memory_stats()")
+    available = host_available_memory()
+    if available is None:
+        return MemoryBudget(float(DEFAULT_BUDGET), "fallback",
+                            "the default: the host's free RAM is unknown")
+    share = max(1, len(devices))
+    detail = f"{HOST_FRACTION:g} x the {available / 2**30:.1f} GiB of RAM available"
+    if share > 1:
+        detail += f", shared by {share} CPU devices"
+    return MemoryBudget(_measured(HOST_FRACTION * available / share), "host-ram", detail)
+
+
+def _measured(nbytes: float) -> float:
+    """A measured budget: at least the floor, rounded down to 1/16 of its power of two."""
+    nbytes = max(float(nbytes), float(BUDGET_FLOOR))
+    step = 2.0 ** (math.floor(math.log2(nbytes)) - 4)
+    return math.floor(nbytes / step) * step
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _parse_bytes(name: str, text: str) -> float:
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    try:
+        if match is None or unit not in _UNITS:
+            raise ValueError
+        value = float(match.group(1)) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number of bytes: use e.g. '64e9', '8GiB' or "
+                         f"'500MB' (units {', '.join(u for u in _UNITS if u)})") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={text!r} must be a finite number of bytes > 0")
+    return value
+
+
+def device_memory_stats(device: Any) -> dict[str, Any] | None:
+    """``device.memory_stats()`` (``bytes_limit``, ``bytes_in_use``, ...), or None where the
+    backend reports none (JAX's CPU devices) or fails to."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - any backend failure means "unknown", not a crash
+        return None
+    return dict(stats) if stats else None
+
+
+def host_available_memory() -> float | None:
+    """Bytes of RAM available to a new allocation: ``MemAvailable`` of ``/proc/meminfo`` (Linux),
+    else the free pages of ``os.sysconf``; None where neither can be read."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                value, *unit = line.split()[1:]
+                return float(value) * (1024 if unit and unit[0].lower() == "kb" else 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return float(pages * size) if pages > 0 and size > 0 else None
+
+
+def describe_widths(widths: Sequence[int], unit: str = "layer") -> str:
+    """A network's widths in a few words, for messages: ``"100 layers of width 65,536 (input 784)"``
+    when every layer has one width, else the widths (input first) with repeats as runs:
+    ``"4 layers, widths 784, 1000 x 3, 10 (input first)"``. ``widths``: ``(n_0, n_1, ..., n_L)``."""
+    widths = [int(w) for w in widths]
+    depth = len(widths) - 1
+    units = f"{depth} {unit}{'' if depth == 1 else 's'}"
+    if depth >= 1 and len(set(widths[1:])) == 1:
+        return f"{units} of width {widths[1]:,} (input {widths[0]:,})"
+    runs: list[list[int]] = []
+    for w in widths:
+        if runs and runs[-1][0] == w:
+            runs[-1][1] += 1
+        else:
+            runs.append([w, 1])
+    text = ", ".join(str(w) if n == 1 else f"{w} x {n}" for w, n in runs)
+    return f"{units}, widths {text} (input first)"
+
+
+def check_seed_fits(per_seed: float, budget: MemoryBudget, what: str, noun: str = "config") -> None:
+    """Raise MemoryError when one seed's estimated temporaries (``per_seed`` bytes) exceed the
+    budget; ``what`` describes the network (e.g. :func:`describe_widths` and the batch), ``noun``
+    names it (``"config"``, ``"network"``)."""
+    if per_seed > budget.nbytes:
+        raise MemoryError(
+            f"one seed of this {noun} needs about {format_bytes(per_seed)} of temporaries "
+            f"({what}); the memory budget is {budget.describe()}: raise memory_budget or "
+            "INITJAX_MEMORY_BUDGET, or reduce width, depth or batch")
 
 
 def host_budget() -> float:
@@ -184,6 +371,14 @@ def check_host_memory(seeds: int, depth: int, values_per_layer: int, what: str) 
     return need
 
 
+class ChunkPlan(NamedTuple):
+    """How :func:`plan_chunks` splits the seeds."""
+
+    chunk_size: int  # seeds per compiled call, over all devices
+    n_devices: int
+    budget: MemoryBudget  # the per-device budget it was sized to
+
+
 def plan_chunks(
     seeds: int,
     per_seed: int,
@@ -193,29 +388,24 @@ def plan_chunks(
     devices: int | str | None,
     impl: str,
     what: str,
-) -> tuple[int, int]:
-    """``(seeds per compiled call, devices)`` for ``seeds`` seeds of ``per_seed`` bytes each.
+) -> ChunkPlan:
+    """``(seeds per compiled call, devices, budget)`` for ``seeds`` seeds of ``per_seed`` bytes.
 
     Without ``chunk_size``: each device's share of the seeds rounded up to a power of two, at most
-    what the budget holds (:func:`chunk_capacity`). A chunk then holds that many seeds on every
-    device. ``what`` describes the network in the MemoryError raised when one seed exceeds the
-    budget.
+    what the budget (:func:`resolve_budget`, per device) holds (:func:`chunk_capacity`). A chunk
+    then holds that many seeds on every device. ``what`` describes the network in the MemoryError
+    raised when one seed exceeds the budget (:func:`check_seed_fits`).
     """
-    budget = resolve_budget(memory_budget)
     n_devices = device_count(devices, impl)
+    budget = resolve_budget(memory_budget, jax.devices()[:n_devices])
     if chunk_size is None:
-        if per_seed > budget:
-            raise MemoryError(
-                f"one seed of this config needs about {per_seed / 2**30:.2f} GiB of temporaries "
-                f"({what}); the memory budget is {budget / 2**30:.2f} GiB: raise memory_budget or "
-                "INITJAX_MEMORY_BUDGET, or reduce width, depth or batch"
-            )
+        check_seed_fits(per_seed, budget, what)
         # per device: each device's share of the seeds, rounded up (the budget is per device)
-        chunk_size = chunk_capacity(-(-seeds // n_devices), int(budget // per_seed))
+        chunk_size = chunk_capacity(-(-seeds // n_devices), int(budget.nbytes // per_seed))
     else:
         chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), seeds)
     # a chunk holds whole lane groups on every device
-    return chunk_size * n_devices, n_devices
+    return ChunkPlan(chunk_size * n_devices, n_devices, budget)
 
 
 def run_chunks(configs, opts, keys, x, chunk_size, progress, lanes, n_devices) -> list[LayerStats]:

@@ -113,6 +113,39 @@ through LAPACK, whose threads made them 40x slower under contention (1.7 s per s
 
 Only zero-mean, untruncated i.i.d. Gaussian inits qualify (:func:`applicable`): orthogonal,
 uniform, truncated, sparse or non-zero-mean weights lack the rotational invariance of point 1.
+
+The orthonormalization on accelerators (issue 13). On an H200 the fast path measured 3.7 ms per
+seed at 10 x 4096, batch 16, slower than the dense path's 2.2 ms: its 20 small QRs per seed go
+through cuSOLVER one matrix at a time. Two ways out were weighed; ``orthonormalization=`` of
+:func:`sample_tensors` selects among the exact ones (:data:`ORTHONORMALIZATIONS`):
+
+* ``"householder"`` (the default on every backend): ``jnp.linalg.qr``, LAPACK on CPU, cuSOLVER on
+  GPU.
+* ``"householder_wy"``: the same Householder QR written in JAX: ``k`` reflector steps of
+  vector operations on the ``n x k`` panel (each step a few fused operations over all vmapped
+  seeds at once, where cuSOLVER loops over the matrices), and ``V`` formed from the compact WY
+  representation ``I - Y T Y^T`` (Schreiber & Van Loan 1989) by two matmuls at ``"highest"``
+  precision. It is
+  Householder QR, so the exactness argument above holds unchanged (backward error ``c eps``
+  per row, every rank; zero columns give ``tau = 0``); measured on float32 inputs with exact
+  rank deficiency (duplicated rows, rows 1 - 1e-8 correlated): orthonormality 2e-6, span
+  residual 2e-6 relative per row, against 7e-7 and 6e-7 for LAPACK. On this CPU it is 4x slower
+  than LAPACK (3.0 vs 0.7 ms per 4096 x 16 QR); its GPU speed is not yet measured
+  (``benchmarks/backend_speed.py`` times it), so it is not a default anywhere.
+* CholeskyQR2 (``R = chol(X X^T)``, ``V = X^T R^{-1}``, twice) and the shifted CholeskyQR3 of
+  Fukaya et al. (2020, https://doi.org/10.1137/18M1218212), made of matmuls, were **not** adopted.
+  ``V = X^T R^{-1}`` has the rank of ``X``: when the rows of ``X`` are linearly dependent (dead
+  ReLUs leaving fewer live units than examples, zero or duplicated examples, a collapsed deep
+  network whose examples are nearly parallel) it cannot have ``k`` orthonormal columns. Without
+  a shift the Cholesky factorization of the singular Gram matrix breaks down; a shift keeps the
+  first pass finite but leaves the singular values of ``V`` at ``sigma / sqrt(sigma^2 + s)``,
+  strictly between 0 and 1 for directions with ``sigma`` near ``sqrt(s)``, so ``V V^T`` is not a
+  projector and ``H`` has the wrong covariance; and the unshifted passes that follow break down on
+  the (near-)null directions. Measured in float32 at 4096 x 16: both returned NaN for duplicated
+  rows, zero rows, 3 live units and rows correlated at 1 - 1e-8 (while exact to 3e-7 on Gaussian
+  rows). A per-seed fallback to Householder would run both paths under ``vmap`` (a batched
+  ``lax.cond`` is a select), costing more than Householder alone. float64 Gram matrices would
+  rescue most cases on GPU but need ``jax_enable_x64`` and do not exist on TPU.
 """
 
 from __future__ import annotations
@@ -122,6 +155,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from initjax._precision import matmul_precision
 from initjax.config import NetworkConfig
 from initjax.engine.sampler import Sampler
 from initjax.engine.sampling import (
@@ -133,12 +167,24 @@ from initjax.engine.sampling import (
 )
 from initjax.engine.stats import LayerStats, MeasureOptions, stats_of_layers
 
-__all__ = ["SAMPLER", "applicable", "estimate_memory", "linear_backward", "sample_stats", "sample_tensors"]
+__all__ = [
+    "ORTHONORMALIZATIONS",
+    "SAMPLER",
+    "applicable",
+    "estimate_memory",
+    "linear_backward",
+    "orthonormal_basis",
+    "sample_stats",
+    "sample_tensors",
+]
 
 # fold_in tags under fold_in(weights_key, layer): the forward factor G and the complement factor F
 _TAG_G = 0
 _TAG_F = 1
 _DTYPES = ("float32", "float64")
+# how V is computed (module docstring, "The orthonormalization on accelerators"); first: default
+ORTHONORMALIZATIONS = ("householder", "householder_wy")
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def applicable(config: NetworkConfig) -> str | None:
@@ -178,16 +224,72 @@ class _Basis(NamedTuple):
     vt: jax.Array  # (k, n) V^T: orthonormal rows
 
 
-def _row_basis(x: jax.Array) -> _Basis:
+def _row_basis(x: jax.Array, orthonormalization: str = "householder") -> _Basis:
     """``V`` = the orthonormal factor of the Householder QR of ``x^T``, all ``min(batch, n)``
     columns kept (module docstring, *Rank deficiency*)."""
     bad = ~jnp.all(jnp.isfinite(x), axis=1, keepdims=True)  # (batch, 1)
     xc = jnp.where(bad, 0.0, x).astype(x.dtype)
     scale = jnp.max(jnp.abs(xc))
     # max-abs scaling first: the span is unchanged, and no reflector norm can overflow
-    q, _ = jnp.linalg.qr((xc / jnp.where(scale > 0, scale, 1.0).astype(x.dtype)).T)  # (n, k)
+    scaled = xc / jnp.where(scale > 0, scale, 1.0).astype(x.dtype)
+    q = orthonormal_basis(scaled.T, orthonormalization)  # (n, k)
     coords = jnp.where(bad, jnp.nan, xc @ q).astype(x.dtype)
     return _Basis(coords, q.T)
+
+
+def orthonormal_basis(a: jax.Array, orthonormalization: str = "householder") -> jax.Array:
+    """The Q factor (``n x min(n, k)``, orthonormal columns) of the Householder QR of ``a``
+    (``n x k``): every column of ``a`` lies in its span to ``c eps`` of its norm, whatever the
+    rank of ``a`` (Higham 2002, Thm 19.4). ``orthonormalization``: ``"householder"``
+    (``jnp.linalg.qr``) or ``"householder_wy"`` (in JAX, see the module docstring; with
+    ``k >= n`` it returns the identity, an exact basis of ``R^n``).
+
+    Raises:
+      ValueError: for another ``orthonormalization``, naming the allowed ones.
+    """
+    _check_orthonormalization(orthonormalization)
+    if orthonormalization == "householder":
+        return jnp.linalg.qr(a)[0]
+    if a.shape[1] >= a.shape[0]:  # k >= n (batch >= width): the identity is an exact basis of R^n
+        return jnp.eye(a.shape[0], dtype=a.dtype)
+    return _householder_wy(a)
+
+
+def _householder_wy(a: jax.Array) -> jax.Array:
+    """Householder QR of ``a`` (``n x k``, ``k <= n``) in JAX: ``k`` reflectors ``H_j = I -
+    tau_j v_j v_j^T`` (``v_j[j] = 1``, zero above; LAPACK's sign convention, ``tau = 0`` for a
+    zero column), accumulated as ``H_0 ... H_{k-1} = I - Y T Y^T`` with ``T`` upper triangular
+    (Schreiber & Van Loan 1989); returns the first ``k`` columns of that product."""
+    n, k = a.shape
+    dtype = a.dtype
+    rows = jnp.arange(n)
+
+    def step(j, carry):
+        panel, y, t = carry
+        col = panel[:, j]
+        x = jnp.where(rows >= j, col, 0.0)
+        alpha = col[j]
+        norm = jnp.sqrt(jnp.sum(x * x))
+        nonzero = norm > 0
+        beta = -jnp.where(alpha >= 0, norm, -norm)
+        denom = jnp.where(nonzero, alpha - beta, 1.0)  # |alpha - beta| >= norm: no cancellation
+        v = jnp.where(rows > j, x / denom, 0.0) + (rows == j).astype(dtype)
+        tau = jnp.where(nonzero, (beta - alpha) / jnp.where(nonzero, beta, 1.0), 0.0).astype(dtype)
+        panel = panel - tau * v[:, None] * jnp.dot(v, panel, precision=_HIGHEST)[None, :]
+        # T's column j: -tau T Y^T v above the diagonal (Y's columns >= j are still zero), tau on it
+        tcol = -tau * jnp.dot(t, jnp.dot(v, y, precision=_HIGHEST), precision=_HIGHEST)
+        t = t.at[:, j].set(jnp.where(jnp.arange(k) == j, tau, tcol))
+        return panel, y.at[:, j].set(v), t
+
+    init = (a, jnp.zeros((n, k), dtype), jnp.zeros((k, k), dtype))
+    _, y, t = jax.lax.fori_loop(0, k, step, init, unroll=True)
+    t_yk = jnp.dot(t, y[:k].T, precision=_HIGHEST)
+    return jnp.eye(n, k, dtype=dtype) - jnp.dot(y, t_yk, precision=_HIGHEST)
+
+
+def _check_orthonormalization(value: str) -> None:
+    if value not in ORTHONORMALIZATIONS:
+        raise ValueError(f"orthonormalization must be one of {ORTHONORMALIZATIONS}; got {value!r}")
 
 
 def _layer_std(config: NetworkConfig, shape: tuple[int, int]) -> float:
@@ -202,10 +304,11 @@ def _normal(key: jax.Array, shape: tuple[int, int], std: float, dtype: Any) -> j
     return jax.random.normal(key, shape, dtype) * jnp.asarray(std, dtype)
 
 
-def _forward_layer(config: NetworkConfig, keys: Any, layer: Any, x: jax.Array, shape: tuple):
+def _forward_layer(config: NetworkConfig, keys: Any, layer: Any, x: jax.Array, shape: tuple,
+                   orthonormalization: str = "householder"):
     """``(h, y, out, coords, vt, g)`` of one layer: the engine's forward with ``X W = (X V) G``."""
     dtype = config.jnp_dtype
-    basis = _row_basis(x)
+    basis = _row_basis(x, orthonormalization)
     k_w = jax.random.fold_in(keys.weights, layer)
     std = _layer_std(config, shape)
     g = _normal(jax.random.fold_in(k_w, _TAG_G), (basis.vt.shape[0], shape[1]), std, dtype)
@@ -227,9 +330,10 @@ def _nonlinear_backward(config: NetworkConfig, keys: Any, layer: Any, coords, g,
     return pull(dout)[0]
 
 
-def linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int) -> jax.Array:
+def linear_backward(keys: Any, layer: Any, dh, vt, g, std: float, n_in: int,
+                    orthonormalization: str = "householder") -> jax.Array:
     """A sample of ``dL/dX = D W^T`` given the forward draw: ``D G^T V^T + (D W~^T)(I - V V^T)``."""
-    d = _row_basis(dh)
+    d = _row_basis(dh, orthonormalization)
     k_f = jax.random.fold_in(jax.random.fold_in(keys.weights, layer), _TAG_F)
     f = _normal(k_f, (d.vt.shape[0], n_in), std, dh.dtype)
     e = d.coords @ f  # (batch, n_in): exactly a sample of D W~^T
@@ -242,6 +346,8 @@ def sample_tensors(
     opts: Any,
     seed_key: jax.Array,
     inputs: jax.Array | None,
+    *,
+    orthonormalization: str = "householder",
 ):
     """One seed's per-layer tensors ``(x_prev, h, y, out, dh, dx)``, sampled by the exact fast path.
 
@@ -258,32 +364,37 @@ def sample_tensors(
         is used here).
       seed_key: this seed's PRNG key (``fold_in(base_key, seed)`` in the engine).
       inputs: optional ``(batch, in_width)`` input; None draws it as the config says.
+      orthonormalization: how the bases ``V`` are computed, one of :data:`ORTHONORMALIZATIONS`
+        (module docstring): ``"householder"`` (default) or ``"householder_wy"``. Both are exact;
+        they give different samples of the same law.
 
     Returns:
       ``(x_prev, h, y, out, dh, dx)``, ready for :func:`~initjax.engine.stats.stats_of_layers`.
 
     Raises:
-      ValueError: if the fast path does not apply to ``config``.
+      ValueError: if the fast path does not apply to ``config``, or for an unknown
+        ``orthonormalization``.
     """
     reason = applicable(config)
     if reason is not None:
         raise ValueError(f"the fast path does not apply: {reason}")
+    _check_orthonormalization(orthonormalization)
     keys = split_seed_key(seed_key)
     dtype = config.jnp_dtype
     x0 = draw_inputs(config, keys.inputs) if inputs is None else inputs.astype(dtype)
     if config.uniform:
-        return _uniform_tensors(config, opts, keys, x0)
-    return _ragged_tensors(config, opts, keys, x0)
+        return _uniform_tensors(config, opts, keys, x0, orthonormalization)
+    return _ragged_tensors(config, opts, keys, x0, orthonormalization)
 
 
-def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
+def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array, ortho: str):
     n, depth = config.widths[0], config.depth
     shape = (n, n)
     std = _layer_std(config, shape)
     layers = jnp.arange(depth)
 
     def forward(x, layer):
-        h, y, out, coords, vt, g = _forward_layer(config, keys, layer, x, shape)
+        h, y, out, coords, vt, g = _forward_layer(config, keys, layer, x, shape, ortho)
         return out, (h, y, out, coords, vt, g)
 
     x_out, (h, y, out, coords, vt, g) = jax.lax.scan(forward, x0, layers)
@@ -292,7 +403,7 @@ def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array)
     def backward(dout, inp):  # layers depth-1 .. 1: each also passes dL/dx^{l-1} down
         layer, c, v, gg = inp
         dh = _nonlinear_backward(config, keys, layer, c, gg, dout)
-        return linear_backward(keys, layer, dh, v, gg, std, n), (dh, dout)
+        return linear_backward(keys, layer, dh, v, gg, std, n, ortho), (dh, dout)
 
     rest = (layers[1:], coords[1:], vt[1:], g[1:])
     dx0, (dh_rest, dx_rest) = jax.lax.scan(backward, cot, rest, reverse=True)
@@ -303,11 +414,11 @@ def _uniform_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array)
     return x_prev, h, y, out, dh, dx
 
 
-def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
+def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array, ortho: str):
     shapes = config.weight_shapes
     x, hs, ys, outs, saved = x0, [], [], [], []
     for layer, shape in enumerate(shapes):
-        h, y, x, coords, vt, g = _forward_layer(config, keys, layer, x, shape)
+        h, y, x, coords, vt, g = _forward_layer(config, keys, layer, x, shape, ortho)
         hs.append(h)
         ys.append(y)
         outs.append(x)
@@ -320,16 +431,17 @@ def _ragged_tensors(config: NetworkConfig, opts: Any, keys: Any, x0: jax.Array):
         dhs[layer] = _nonlinear_backward(config, keys, layer, coords, g, dout)
         if layer:
             std = _layer_std(config, shapes[layer])
-            dout = linear_backward(keys, layer, dhs[layer], vt, g, std, shapes[layer][0])
+            dout = linear_backward(keys, layer, dhs[layer], vt, g, std, shapes[layer][0], ortho)
     return [x0, *outs[:-1]], hs, ys, outs, dhs, dxs
 
 
 def sample_stats(
-    config: NetworkConfig, opts: MeasureOptions, seed_key: jax.Array, inputs: jax.Array | None
+    config: NetworkConfig, opts: MeasureOptions, seed_key: jax.Array, inputs: jax.Array | None, *,
+    orthonormalization: str = "householder",
 ) -> LayerStats:
     """:class:`~initjax.engine.stats.LayerStats` (axes ``(layer, ...)``) of one seed by the fast
     path: :func:`~initjax.engine.stats.stats_of_layers` on :func:`sample_tensors`."""
-    tensors = sample_tensors(config, opts, seed_key, inputs)
+    tensors = sample_tensors(config, opts, seed_key, inputs, orthonormalization=orthonormalization)
     return stats_of_layers(config.activation, opts, *tensors)
 
 
@@ -373,7 +485,8 @@ def _prepare(configs: tuple) -> tuple[tuple, None]:
 SAMPLER = Sampler("fast", applicable, estimate_memory, _prepare, _seed_tensors, _seed_stats)
 
 
-def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2) -> dict:
+def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2,
+          precision: str | None = None) -> dict:
     """Seconds per seed, fast vs dense, for one jit-compiled seed (compile time excluded).
 
     Prints and returns ``{"fast": s, "dense": s, "fast_compile": s, "dense_compile": s}``.
@@ -392,13 +505,14 @@ def _demo(width: int = 8192, depth: int = 20, batch: int = 16, repeats: int = 2)
     dense = jax.jit(lambda k: dense_sampler.seed_stats((config,), opts, k, None)[0])
     result: dict[str, float] = {}
     for name, fn in (("fast", fast), ("dense", dense)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(jax.random.fold_in(base, 0)))
-        result[name + "_compile"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for s in range(1, repeats + 1):
-            jax.block_until_ready(fn(jax.random.fold_in(base, s)))
-        result[name] = (time.perf_counter() - t0) / repeats
+        with matmul_precision(precision):  # traced and called at the policy's precision
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(jax.random.fold_in(base, 0)))
+            result[name + "_compile"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for s in range(1, repeats + 1):
+                jax.block_until_ready(fn(jax.random.fold_in(base, s)))
+            result[name] = (time.perf_counter() - t0) / repeats
     print(
         f"width {width}, depth {depth}, batch {batch} on {jax.default_backend()}: "
         f"fast {result['fast']:.4f} s/seed, dense {result['dense']:.3f} s/seed "

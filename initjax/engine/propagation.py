@@ -38,6 +38,7 @@ import numpy as np
 
 from initjax import _io
 from initjax._checks import check_choice, check_float, check_int
+from initjax._precision import DEFAULT_PRECISION, check_precision, matmul_precision
 from initjax.config import NetworkConfig, as_config
 from initjax.engine.blocks import BlockPropagation, propagate_blocks
 from initjax.engine.dense import estimate_memory
@@ -45,6 +46,7 @@ from initjax.engine.executor import (
     SAMPLERS,
     check_host_memory,
     default_lanes,
+    describe_widths,
     plan_chunks,
     run_chunks,
     run_unjitted,
@@ -101,6 +103,13 @@ class Propagation:
       prng_impl: the PRNG implementation that drew every random number.
       seconds: wall time of the run (compile included).
       method: ``"dense"`` or ``"fast"`` (see :func:`propagate`).
+      precision: the matmul precision the statistics were computed at (see
+        :mod:`initjax._precision`; ``"highest"`` unless asked otherwise).
+      memory_budget: the bytes of temporaries per chunk and device the seeds were chunked to
+        (:func:`initjax.engine.executor.resolve_budget`; NaN if not recorded).
+      memory_budget_source: where it came from: ``"argument"``, ``"environment"``, ``"device"``
+        (the accelerator's free memory), ``"host-ram"`` (a share of the host's available RAM) or
+        ``"fallback"`` (2 GiB); ``"unknown"`` for results saved before it was recorded.
     """
 
     config: NetworkConfig
@@ -112,6 +121,9 @@ class Propagation:
     prng_impl: str = "threefry2x32"
     seconds: float = float("nan")
     method: str = "dense"
+    precision: str = DEFAULT_PRECISION
+    memory_budget: float = float("nan")
+    memory_budget_source: str = "unknown"
 
     @property
     def seeds(self) -> int:
@@ -154,6 +166,8 @@ class Propagation:
             "cotangent": self.cotangent,
             "prng_impl": self.prng_impl,
             "method": self.method,
+            "precision": self.precision,
+            "memory_budget": {"bytes": self.memory_budget, "source": self.memory_budget_source},
             "layers": self.layer_table(),
         }
 
@@ -167,6 +181,9 @@ class Propagation:
             "cotangent": self.cotangent,
             "prng_impl": self.prng_impl,
             "method": self.method,
+            "precision": self.precision,
+            "memory_budget": self.memory_budget,
+            "memory_budget_source": self.memory_budget_source,
             "seconds": self.seconds,
             "seeds": self.seeds,
         }
@@ -203,6 +220,10 @@ class Propagation:
             prng_impl=meta.get("prng_impl", "threefry2x32"),
             seconds=float("nan") if seconds is None else float(seconds),
             method=meta.get("method", "dense"),
+            # saved before the precision policy: the backend's default (exact on CPU)
+            precision=meta.get("precision", "default"),
+            memory_budget=float("nan") if meta.get("memory_budget") is None else float(meta["memory_budget"]),
+            memory_budget_source=meta.get("memory_budget_source", "unknown"),
         )
 
 
@@ -261,6 +282,7 @@ def propagate(
     seed_offset: int = 0,
     devices: int | str | None = None,
     method: str = "dense",
+    precision: str | None = None,
 ) -> Propagation | BlockPropagation:
     """Measure per-layer activation and gradient statistics of ``seeds`` sampled networks.
 
@@ -287,8 +309,11 @@ def propagate(
         of its range from a bound.
       chunk_size: seeds per compiled call; by default the number of seeds rounded up to a power
         of two, at most as many as fit in ``memory_budget`` (the padding is skipped, not computed).
-      memory_budget: bytes of temporaries a chunk may use (default 2 GiB, or the environment
-        variable ``INITJAX_MEMORY_BUDGET``). A single seed above it raises with the estimate.
+      memory_budget: bytes of temporaries a chunk may use on each device. By default the
+        environment variable ``INITJAX_MEMORY_BUDGET``, else 3/4 of an accelerator's free memory
+        or 1/4 of the host's available RAM on CPU (2 GiB where neither is known); the result
+        records it (``memory_budget``, ``memory_budget_source``). A single seed above it raises
+        with the estimate and a summary of the network.
       remat: redraw each layer's weights in the backward pass instead of storing them all.
       jit: False runs seed by seed without compilation (slow; for debugging).
       prng_impl: the PRNG implementation of an int ``key``. The default, ``"philox2x32"``, drew
@@ -307,6 +332,13 @@ def propagate(
         (<= 1e-6 relative measured on 4 simulated CPU devices, whose matmuls share the host's
         threads). Needs a shardable PRNG (``"threefry2x32"``): philox cannot be partitioned in
         current jax and is refused with that explanation.
+      precision: the precision of every matmul in the compiled program (forward, backward and
+        the statistics), one of ``"highest"``, ``"high"``, ``"default"``; None means
+        ``"highest"``: float32-exact on every backend (:mod:`initjax._precision`). On the H200
+        of issue 13 (tanh Xavier, 10 x 1024, 8 seeds), ``"default"`` (TF32-class passes) moved
+        act_var and the gradient variances by 5e-5..1e-4 relative from ``"highest"``, while
+        ``"highest"`` on the GPU agreed with the CPU to 3e-7..8e-7. On CPU all three are the same
+        float32 matmul and give identical numbers.
 
     Returns:
       :class:`Propagation` with :class:`LayerStats` as numpy arrays of axes ``(seed, layer, ...)``
@@ -324,7 +356,7 @@ def propagate(
 # propagate's options that the block engine measures no differently: anything else must keep its
 # default for a residual network (histograms and the fast sampler are plain-MLP features)
 _BLOCK_OPTIONS = ("seeds", "key", "inputs", "cotangent", "chunk_size", "memory_budget", "remat", "jit",
-                  "prng_impl", "progress", "seed_offset")
+                  "prng_impl", "progress", "seed_offset", "precision")
 
 
 def _propagate_blocks(args: dict[str, Any]) -> BlockPropagation:
@@ -419,6 +451,7 @@ def _propagate(
     arguments but ``config``, by name."""
     seeds = check_int("seeds", args["seeds"], minimum=1)
     bins = check_int("bins", args["bins"], minimum=1)
+    precision = check_precision(args["precision"])
     for c in configs:  # before the configs are lowered: a huge depth is refused, not expanded
         depth = getattr(c, "depth", None)
         if isinstance(depth, int):
@@ -450,18 +483,19 @@ def _propagate(
     first = configs[0]
     x = _check_inputs(first, args["inputs"], seeds)
     per_seed = sampler.estimate_memory(first, remat=opts.remat, group=len(configs))
-    chunk_size, n_devices = plan_chunks(
+    chunk_size, n_devices, budget = plan_chunks(
         seeds, per_seed, chunk_size=args["chunk_size"], memory_budget=args["memory_budget"],
         devices=args["devices"], impl=impl_name,
-        what=f"widths {first.widths}, batch {first.batch}, {len(configs)} config(s)",
+        what=f"{describe_widths(first.widths)}, batch {first.batch}, {len(configs)} config(s)",
     )
 
     start = time.perf_counter()
     keys = seed_keys(root, np.arange(seed_offset, seed_offset + seeds))
-    if args["jit"]:
-        stats = run_chunks(configs, opts, keys, x, chunk_size, args["progress"], default_lanes(), n_devices)
-    else:
-        stats = run_unjitted(configs, opts, keys, x)
+    with matmul_precision(precision):  # traced and called at it: jit's cache keys on the precision
+        if args["jit"]:
+            stats = run_chunks(configs, opts, keys, x, chunk_size, args["progress"], default_lanes(), n_devices)
+        else:
+            stats = run_unjitted(configs, opts, keys, x)
     seconds = time.perf_counter() - start
     results = []
     for config, st in zip(configs, stats, strict=True):
@@ -475,6 +509,9 @@ def _propagate(
             prng_impl=impl_name,
             seconds=seconds / len(configs),
             method=method,
+            precision=precision,
+            memory_budget=budget.nbytes,
+            memory_budget_source=budget.source,
         )
         bad = result.nonfinite_layers
         if bad:
@@ -504,6 +541,7 @@ def trace(
     inputs: Any = None,
     cotangent: str = "normal",
     prng_impl: str = "philox2x32",
+    precision: str | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """The raw per-layer tensors of one seed's network, exactly as :func:`propagate` draws it.
 
@@ -512,23 +550,27 @@ def trace(
     output), ``"out"`` (layer output), ``"dh"`` (dL/dh) and ``"dx"`` (dL/dx); the weights ``"w"``
     ``(n_{l-1}, n_l)`` and biases ``"b"`` per layer; and the output ``"cotangent"`` (dL/dx^L). With
     Gaussian weights the engine computes ``h = (x z) std + b`` from the standard-normal draw ``z``,
-    so ``h`` equals ``x_prev @ w + b`` to float32 rounding, not bitwise.
+    so ``h`` equals ``x_prev @ w + b`` to float32 rounding, not bitwise. ``precision``: the matmul
+    precision, as in :func:`propagate` (None: ``"highest"``).
     """
     config = as_config(config)
     seed = check_int("seed", seed, minimum=0)
     check_choice("cotangent", cotangent, COTANGENTS)
+    precision = check_precision(precision)
     opts = MeasureOptions((-1.0, 1.0), (-1.0, 1.0), 1, cotangent, False, 0.01)
     k = seed_keys(base_key(key, prng_impl), [seed])[0]
     x = _check_inputs(config, inputs, 1)
     scaled, stds = as_scaled((config,))
-    run = jax.jit(lambda kk, xx: SAMPLERS["dense"].seed_tensors(scaled, opts, kk, xx, stds)[0])
-    tensors = run(k, None if x is None else x[0])
-    names = ("x_prev", "h", "y", "out", "dh", "dx")
-    result = {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
-    keys = split_seed_key(k)
-    params = [layer_params(config, keys, layer, shape, None if stds is None else stds[0, layer])
-              for layer, shape in enumerate(config.weight_shapes)]
-    result["w"] = [np.asarray(w) for w, _ in params]
-    result["b"] = [np.asarray(b) for _, b in params]
-    result["cotangent"] = np.asarray(draw_cotangent(config, cotangent, jnp.asarray(result["out"][-1]), keys.cotangent))
+    with matmul_precision(precision):
+        run = jax.jit(lambda kk, xx: SAMPLERS["dense"].seed_tensors(scaled, opts, kk, xx, stds)[0])
+        tensors = run(k, None if x is None else x[0])
+        names = ("x_prev", "h", "y", "out", "dh", "dx")
+        result = {n: [np.asarray(a) for a in t] for n, t in zip(names, tensors, strict=True)}
+        keys = split_seed_key(k)
+        params = [layer_params(config, keys, layer, shape, None if stds is None else stds[0, layer])
+                  for layer, shape in enumerate(config.weight_shapes)]
+        result["w"] = [np.asarray(w) for w, _ in params]
+        result["b"] = [np.asarray(b) for _, b in params]
+        result["cotangent"] = np.asarray(
+            draw_cotangent(config, cotangent, jnp.asarray(result["out"][-1]), keys.cotangent))
     return result

@@ -58,6 +58,7 @@ from flax import nnx
 
 from initjax import _io, plotting, training
 from initjax import data as _data
+from initjax._precision import matmul_precision
 from initjax.config import NetworkConfig
 from initjax.engine import Propagation, propagate_shared
 from initjax.modules import ensemble_member
@@ -176,10 +177,13 @@ def _manual_eval(result: training.CompareResult, ds: _data.Dataset) -> dict[str,
         rec = result.records[i]
         for s in range(result.seeds):
             member = ensemble_member(result.final_models[i], s)
-            model_logits = np.asarray(member(jnp.asarray(x), use_running_average=True), np.float64)
+            # the model's eval pass at the precision policy (float32-exact matmuls): at a GPU's
+            # default (TF32-class) precision it was 3.8e-4 of the logit scale from float64 (issue 13)
+            with matmul_precision():
+                model_logits = np.asarray(member(jnp.asarray(x), use_running_average=True), np.float64)
+                single = np.asarray(_one_at_a_time(member, x), np.float64)
             manual = _forward_running(member, x)
             scale = float(np.max(np.abs(manual)))
-            single = np.asarray(_one_at_a_time(member, x), np.float64)
             rows.append({
                 "config": label, "seed": s,
                 "max_abs_logit_diff": float(np.max(np.abs(model_logits - manual))),

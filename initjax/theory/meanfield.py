@@ -74,6 +74,7 @@ from initjax import activations as _activations
 from initjax import initializers as _initializers
 from initjax._checks import check_choice, check_float, check_int
 from initjax._keys import as_key
+from initjax._precision import matmul_precision
 
 __all__ = [
     "DEFAULT_NUM",
@@ -1332,16 +1333,9 @@ def jacobian_singular_values(
             raise ValueError(
                 f"depths must be a non-empty list of ints in 1..{depth}, got {depths!r}"
             )
-    svals = _jacobian_svals(
-        key,
-        _f(sigma_w2),
-        _f(sigma_b2),
-        _f(input_variance),
-        act=act,
-        init=init,
-        width=width,
-        depths=wanted,
-    )
+    with matmul_precision():  # float32-exact products on every backend (issue 13: 1.0004 on a GPU)
+        svals = _jacobian_svals(key, _f(sigma_w2), _f(sigma_b2), _f(input_variance), act=act,
+                                init=init, width=width, depths=wanted)
     if depths is None:
         return svals[0]
     return dict(zip(wanted, svals))

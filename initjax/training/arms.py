@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from initjax import activations, data, initializers
+from initjax._precision import check_precision, matmul_precision
 from initjax.engine import stats
 from initjax.modules import ensemble_keys
 from initjax.training.core import TrainState, init_state, make_step, run_steps, vmap_arms_seeds
@@ -200,10 +201,15 @@ class Ensemble:
       state: the members' :class:`~initjax.training.core.TrainState`, leading ``(arm, seed)`` axes.
       diverged_step: ``(arm, seed)`` first update with a non-finite minibatch loss or
         parameters, -1 if none.
+      precision: the matmul precision every program of the ensemble is traced and run at:
+        ``"highest"`` (``precision=None``, the default: float32-exact on every backend),
+        ``"high"`` or ``"default"`` (the backend's fastest: TF32-class passes on an NVIDIA GPU,
+        5e-5..1e-4 relative in a 10 x 1024 tanh network's variances at initialization on issue
+        13's H200). Identical on CPU. See :mod:`initjax._precision`.
     """
 
     def __init__(self, arms: Sequence[Arm], *, in_dim: int, width: int, depth: int, classes: int,
-                 seeds: int, key: int = 0, momentum: float = 0.0):
+                 seeds: int, key: int = 0, momentum: float = 0.0, precision: str | None = None):
         if not arms or len({a.label for a in arms}) != len(arms):
             raise ValueError("arms must be a non-empty sequence with distinct labels")
         if depth < 1 or width < 1 or seeds < 1:
@@ -219,10 +225,12 @@ class Ensemble:
         self.arm_data = (index, jnp.asarray(self.depths, jnp.int32))
         self.lr = jnp.asarray([a.learning_rate for a in arms], jnp.float32)
         self.momentum = float(momentum)
+        self.precision = check_precision(precision)
         keys = ensemble_keys(key, seeds)
-        params = _drawer(self.arms, in_dim, width, depth, classes)(keys)
         tx = optax.sgd(lambda count: 1.0, momentum=self.momentum or None)  # the state layout
-        self.state: TrainState = jax.vmap(jax.vmap(lambda p: init_state(p, tx)))(params)
+        with matmul_precision(self.precision):
+            params = _drawer(self.arms, in_dim, width, depth, classes)(keys)
+            self.state: TrainState = jax.vmap(jax.vmap(lambda p: init_state(p, tx)))(params)
         self.step = 0
         self._interval, self._sums, self._acts = _programs(self.acts, self.momentum)
 
@@ -239,8 +247,9 @@ class Ensemble:
     def train(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """``len(xs)`` updates on the minibatches ``xs (k, batch, in_dim)``, ``ys (k, batch)``;
         returns the mean minibatch loss ``(arm, seed)`` over them."""
-        self.state, loss = self._interval(self.state, self.arm_data, self.lr,
-                                          jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.int32))
+        with matmul_precision(self.precision):  # traced and called at it (jit keys on it)
+            self.state, loss = self._interval(self.state, self.arm_data, self.lr,
+                                              jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.int32))
         self.step += len(xs)
         return np.asarray(loss, np.float64)
 
@@ -256,7 +265,9 @@ class Ensemble:
             pad = EVAL_CHUNK - len(xc)
             xc = np.concatenate([xc, np.zeros((pad, *xc.shape[1:]), np.float32)]).astype(np.float32)
             yc = np.concatenate([yc, np.zeros(pad, yc.dtype)]).astype(np.int32)
-            ls, ok = self._sums(self.params, self.arm_data, jnp.asarray(xc), jnp.asarray(yc), jnp.asarray(m))
+            with matmul_precision(self.precision):
+                ls, ok = self._sums(self.params, self.arm_data, jnp.asarray(xc), jnp.asarray(yc),
+                                    jnp.asarray(m))
             loss += np.asarray(ls, np.float64)
             correct += np.asarray(ok, np.float64)
         return loss / n, correct / n
@@ -264,7 +275,8 @@ class Ensemble:
     def activations(self, x: np.ndarray) -> np.ndarray:
         """Every hidden layer's activations on ``x``: ``(arm, seed, layer, batch, width)``; an arm
         shallower than the ensemble repeats its last layer's activations beyond its depth."""
-        return np.asarray(self._acts(self.params, self.arm_data, jnp.asarray(x, jnp.float32)))
+        with matmul_precision(self.precision):
+            return np.asarray(self._acts(self.params, self.arm_data, jnp.asarray(x, jnp.float32)))
 
 
 def layer_stats(acts: np.ndarray, arms: Sequence[Arm], percentiles: Sequence[float]) -> dict[str, np.ndarray]:
@@ -351,7 +363,8 @@ def train_and_record(
         out["test_accuracy"].append(test_acc)
         out["train_accuracy"].append(train_acc)
         if probe is not None:
-            st = layer_stats(ens.activations(probe), ens.arms, percentiles)
+            with matmul_precision(ens.precision):
+                st = layer_stats(ens.activations(probe), ens.arms, percentiles)
             out["act_mean"].append(st["mean"])
             out["act_std"].append(st["std"])
             out["act_percentiles"].append(st["percentiles"])

@@ -54,6 +54,7 @@ from initjax import data as _data
 from initjax import modules as _modules
 from initjax._checks import check_int
 from initjax._io import claim_dir, progress_bar, read_json, reading, write_json, write_npz
+from initjax._precision import check_precision, matmul_precision
 from initjax._registry import parse_spec
 from initjax.engine.stats import moments, percentiles
 from initjax.training.config import (
@@ -248,7 +249,8 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
     multipliers = None  # a network description's per-layer learning-rate multipliers
     if cfg.network is not None:
         model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
-        if any(layer.lr_multiplier != 1.0 for layer in cfg.network.dense_layers):
+        if any(layer.lr_multiplier != 1.0 or layer.bias_lr_multiplier not in (None, 1.0)
+               for layer in cfg.network.dense_layers):
             multipliers = model.lr_multipliers()
 
     def optimizer(numbers):
@@ -474,6 +476,7 @@ def compare(
     progress: bool | None = None,
     resume: bool = True,
     sequential: bool = False,
+    precision: str | None = None,
     _stop_after: int | None = None,
 ) -> CompareResult:
     """Train each config for ``seeds`` seeds on ``data``, recording the fields of :class:`Record`.
@@ -504,6 +507,14 @@ def compare(
         not retrained); False starts every config afresh.
       sequential: run the members one after the other through the same (unvmapped) step
         function, for debugging; the numbers agree with the vmapped run to float rounding.
+      precision: the precision of every matmul and convolution of initialization, training and
+        the recorded measurements: ``"highest"`` (None, the default: float32-exact on every
+        backend), ``"high"`` or ``"default"`` (the backend's fastest: TF32-class passes on an
+        NVIDIA GPU, which moved a 10 x 1024 tanh network's variances by 5e-5..1e-4 relative at
+        initialization on issue 13's H200; in training such differences grow with the steps).
+        Identical numbers on CPU. An execution option, not part of a run's identity: it is not
+        hashed into the run folders, so a checkpoint resumes at whatever precision is asked (the
+        last call's is written to ``compare.json``). See :mod:`initjax._precision`.
       _stop_after: test hook: raise :class:`Interrupted` after this many record intervals have
         been checkpointed in this call, as an interruption would.
 
@@ -542,6 +553,7 @@ def compare(
         raise TypeError(f"progress must be True, False or None, got {progress!r}")
     if _stop_after is not None:
         _stop_after = check_int("_stop_after", _stop_after, minimum=1)
+    precision = check_precision(precision)
     xtr, ytr, xte, yte = _check_data(data, configs)
     num_classes = int(data.num_classes)
     n_train = xtr.shape[0]
@@ -568,11 +580,13 @@ def compare(
 
     # one writer per folder: a second process training into it is refused, naming this pid
     claim = claim_dir(out_dir, "training folder") if out_dir is not None else contextlib.nullcontext()
-    with claim:
+    # every program is traced and called at the precision (jit's cache keys on it)
+    with claim, matmul_precision(precision):
         run_dirs = [_run_dir(out_dir, c, ident) if out_dir is not None else None for c in configs]
         if out_dir is not None:
             write_json(out_dir / "compare.json", {
-                **ident, "runs": [{"label": c.label, "dir": d.name} for c, d in zip(configs, run_dirs)]
+                **ident, "precision": precision,
+                "runs": [{"label": c.label, "dir": d.name} for c, d in zip(configs, run_dirs)]
             })
 
         runs: list[_Run] = []

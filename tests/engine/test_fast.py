@@ -32,7 +32,10 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 
 
 def _compile(fn, *args):
-    return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)
+    # traced at the engine's precision policy ("highest", as propagate runs the samplers): on a
+    # GPU the default (TF32-class) matmuls break the 1e-4 identities below
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)
 
 
 def _keys(start: int, count: int = SEEDS) -> jax.Array:
@@ -119,7 +122,7 @@ def test_fast_path_has_the_dense_law(config):
 def test_the_law_test_can_fail(monkeypatch):
     """Dropping the complement term (I - V V^T) W~ of the backward sample is caught at once."""
 
-    def no_complement(keys, layer, dh, vt, g, std, n_in):
+    def no_complement(keys, layer, dh, vt, g, std, n_in, *rest):
         return (dh @ g.T) @ vt
 
     monkeypatch.setattr(fast, "linear_backward", no_complement)
@@ -187,10 +190,10 @@ def test_the_conditioning_test_can_fail(monkeypatch):
     """A backward pass that redraws G (ignores what H revealed about W) breaks the identity."""
     orig = fast.linear_backward
 
-    def fresh_g(keys, layer, dh, vt, g, std, n_in):
+    def fresh_g(keys, layer, dh, vt, g, std, n_in, *rest):
         k_new = jax.random.fold_in(keys.weights, 10_000 + layer)
         g2 = jax.random.normal(k_new, g.shape, g.dtype) * std
-        return orig(keys, layer, dh, vt, g2, std, n_in)
+        return orig(keys, layer, dh, vt, g2, std, n_in, *rest)
 
     monkeypatch.setattr(fast, "linear_backward", fresh_g)
     out = _compile(lambda k: _fast_one(TANH, k, None), _keys(0, 1)[0])(_keys(3, 1)[0])
@@ -207,7 +210,8 @@ def test_batch_of_one_is_norm_times_a_gaussian():
     )
     x = np.random.default_rng(1).normal(size=(1, 32)).astype(np.float32)
     k = _keys(7, 1)[0]
-    h = np.asarray(jax.jit(lambda k, x: fast.sample_tensors(config, OPTS, k, x)[1])(k, x))[0, 0]
+    with jax.default_matmul_precision("highest"):  # the engine's policy (see _compile)
+        h = np.asarray(jax.jit(lambda k, x: fast.sample_tensors(config, OPTS, k, x)[1])(k, x))[0, 0]
     keys = split_seed_key(k)
     k_g = jax.random.fold_in(jax.random.fold_in(keys.weights, 0), 0)  # layer 0, tag G
     g = np.asarray(jax.random.normal(k_g, (1, n)))[0]
@@ -228,7 +232,8 @@ def test_first_layer_covariance_is_s2_x_xt():
     a, b = rng.normal(size=(2, 24))
     x = np.stack([a, b, a + b, np.zeros(24)]).astype(np.float32)
     first_h = jax.jit(lambda k, x: fast.sample_tensors(config, OPTS, k, x)[1])
-    h = np.asarray(first_h(_keys(5, 1)[0], x))[0].astype(np.float64)
+    with jax.default_matmul_precision("highest"):  # the engine's policy (see _compile)
+        h = np.asarray(first_h(_keys(5, 1)[0], x))[0].astype(np.float64)
     cov = h @ h.T / n_out
     x64 = x.astype(np.float64)
     sigma = s**2 * x64 @ x64.T
@@ -348,3 +353,75 @@ def test_memory_estimate_has_no_weight_matrix():
     kept = 8 * 16 * 8192 * 21 * 4
     assert kept < fast.estimate_memory(config) < 1.5 * kept
     assert fast.estimate_memory(config) * 8 < estimate_memory(config)
+
+
+# --- the in-graph Householder QR (orthonormalization="householder_wy") --------------------------
+def _basis_inputs(n=256, b=16):
+    """(batch, n) inputs of every rank: V must be orthonormal and span each row, whatever it is."""
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(b, n))
+    return {
+        "gaussian": z,
+        "duplicated-rows": np.tile(z[: b // 2], (2, 1)),  # rank b/2
+        "zero-rows": np.concatenate([z[:12], np.zeros((b - 12, n))]),
+        "3-live-units": np.concatenate([z[:, :3], np.zeros((b, n - 3))], axis=1),  # rank 3
+        "correlated-1e-8": np.sqrt(1 - 1e-8) * z[:1] + 1e-4 * z,  # a collapsed deep network
+        "tiny-row": np.concatenate([z[:15], 1e-6 * z[15:]]),
+        "batch>width": z[:, :8],  # k = n: any orthonormal basis of R^8
+    }
+
+
+def _basis_errors(x, q):
+    """(max |V^T V - I|, max over nonzero rows of |x - x V V^T| / |x|) in float64."""
+    x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
+    orth = np.abs(q.T @ q - np.eye(q.shape[1])).max()
+    norms = np.linalg.norm(x, axis=1)
+    resid = np.linalg.norm(x - (x @ q) @ q.T, axis=1)[norms > 0] / norms[norms > 0]
+    return orth, resid.max()
+
+
+@pytest.mark.parametrize("method", fast.ORTHONORMALIZATIONS)
+def test_bases_are_orthonormal_and_span_the_rows_at_every_rank(method):
+    programs = {}
+
+    def basis(a, method):
+        if a.shape not in programs:
+            programs[a.shape] = _compile(lambda a: fast.orthonormal_basis(a, method), a)
+        return programs[a.shape](a)
+
+    for name, x in _basis_inputs().items():
+        x32 = x.astype(np.float32)
+        q = basis(jnp.asarray(x32.T), method)
+        assert q.shape == (x.shape[1], min(x.shape))
+        orth, resid = _basis_errors(x32, q)
+        assert orth < 1e-5 and resid < 1e-5, (name, orth, resid)
+    # the check has power: a basis missing one direction of the Gaussian rows fails it
+    x32 = _basis_inputs()["gaussian"].astype(np.float32)
+    assert _basis_errors(x32, basis(jnp.asarray(x32.T), method)[:, :-1])[1] > 0.01
+    with pytest.raises(ValueError, match="orthonormalization must be one of"):
+        fast.orthonormal_basis(jnp.asarray(x32.T), "cholesky_qr2")
+
+
+def _fast_wy_one(config, k, x):
+    return fast.sample_tensors(config, OPTS, k, x, orthonormalization="householder_wy")
+
+
+def test_householder_wy_path_has_the_law_of_the_householder_and_dense_paths():
+    """Statistics over 200 seeds of the in-graph Householder path, on seeds disjoint from both
+    references, are within sampling error of the LAPACK Householder path and of the dense path."""
+    wy, _ = _per_seed_stats(TANH, _fast_wy_one, 20_000)
+    assert _law_mismatches(wy, _fast_stats(TANH)[0], TANH.depth) == []
+    assert _law_mismatches(wy, _dense_stats(TANH)[0], TANH.depth) == []
+
+
+def test_householder_wy_backward_is_conditioned_on_a_rank_deficient_forward():
+    """Duplicated examples (rank 4 < batch 8): the exact identity of the conditioning holds and
+    every tensor is finite, as on the LAPACK path."""
+    x = jnp.asarray(DUPLICATED)
+    program = _compile(lambda k, x: _fast_wy_one(TANH, k, x), _keys(0, 1)[0], x)
+    t = [[np.asarray(a, np.float64) for a in v] for v in program(_keys(3, 1)[0], x)]
+    for layer in range(1, TANH.depth):
+        assert _conditioning_error(t, layer) < 1e-4
+        assert np.isfinite(np.concatenate([np.ravel(a[layer]) for a in t])).all()
+    with pytest.raises(ValueError, match="orthonormalization must be one of"):
+        fast.sample_tensors(TANH, OPTS, _keys(0, 1)[0], None, orthonormalization="qr")

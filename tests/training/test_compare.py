@@ -108,9 +108,12 @@ def _hand_trained(ds, seed, key, steps, lr, momentum):
 
     losses = []
     stream = data.batches(ds.x_train, ds.y_train, 60, seed=key)  # same_batches: seed = key
-    for xb, yb in itertools.islice(stream, steps):
-        params, opt_state, value = step(params, opt_state, jnp.asarray(xb), jnp.asarray(yb))
-        losses.append(float(value))
+    # the trainer's matmuls are float32-exact ("highest") on every backend; so are the reference's
+    # (on a GPU the default TF32-class passes drift by 1e-4 relative over 100 steps)
+    with jax.default_matmul_precision("highest"):
+        for xb, yb in itertools.islice(stream, steps):
+            params, opt_state, value = step(params, opt_state, jnp.asarray(xb), jnp.asarray(yb))
+            losses.append(float(value))
     return params, np.asarray(losses)
 
 
@@ -174,9 +177,9 @@ def test_sgd_step_equals_hand_computation(linear_task):
         logits = np.where(z >= 0, z, q["a"] * z) @ q["w2"] + q["b2"]
         lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         np_loss = np.mean(lse - logits[np.arange(len(yb)), yb])
-        np.testing.assert_allclose(float(loss(p0)), np_loss, rtol=1e-5)
-
-        grads = jax.grad(loss)(p0)
+        with jax.default_matmul_precision("highest"):  # float32-exact, as compare's own matmuls
+            np.testing.assert_allclose(float(loss(p0)), np_loss, rtol=1e-5)
+            grads = jax.grad(loss)(p0)
         member = modules.ensemble_member(result.final_models[0], seed)
         got = {"w1": member.layers[0].kernel[...], "b1": member.layers[0].bias[...],
                "a": member.prelus[0].slope[...], "w2": member.readout.kernel[...],
@@ -357,7 +360,8 @@ def test_percentiles_and_layer_stats_match_numpy(digits, run_a):
                                 rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(0, impl="philox2x32"), seed)))
         else:
             model = modules.ensemble_member(run_a.final_models[0], seed)
-        _, inter = model.forward_with_intermediates(jnp.asarray(probe))
+        with jax.default_matmul_precision("highest"):  # float32-exact, as compare's measurements
+            _, inter = model.forward_with_intermediates(jnp.asarray(probe))
         for layer in range(3):
             act = np.asarray(inter["act"][layer])
             pre = np.asarray(inter["preact"][layer])

@@ -26,6 +26,15 @@ from initjax.training import (
 STEPS, BATCH, DIM = 12, 8, 3
 
 
+@pytest.fixture(autouse=True)
+def _float32_exact_matmuls():
+    """The core's functions run at their caller's matmul precision (``training.compare`` sets
+    "highest" itself); against float64 numpy at rtol 1e-5 these tests' own jitted steps do too:
+    a GPU's default TF32-class matmuls are ~1e-3 off."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _loss(params, model_state, batch):
     x, y = batch
     return jnp.mean((x @ params["w"] + params["b"] - y) ** 2), model_state
