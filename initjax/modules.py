@@ -1219,7 +1219,8 @@ class NetworkModule(nnx.Module):
     def lr_multipliers(self) -> Any:
         """The learning-rate multiplier of every parameter, a tree shaped like
         ``nnx.state(self, nnx.Param)`` with float leaves: a Dense layer's ``lr_multiplier`` on its
-        own parameters (kernel, bias, weight-standardization gain, Fixup's scalar biases), 1 on
+        own parameters (kernel, bias, weight-standardization gain, Fixup's scalar biases; the bias
+        takes ``bias_lr_multiplier`` instead when that is set), 1 on
         norms, block-level scalars (a learnable branch scale, Fixup's branch multiplier) and the
         readout."""
         blocks = self.description.blocks
@@ -1235,6 +1236,8 @@ class NetworkModule(nnx.Module):
                 layer, own = block.branch[names[3]], names[4]
             else:  # a block-level parameter or norm
                 return 1.0
+            if own == "bias" and layer.bias_lr_multiplier is not None:
+                return layer.bias_lr_multiplier
             return layer.lr_multiplier if own in _LAYER_OWN_PARAMS else 1.0
 
         return jax.tree_util.tree_map_with_path(multiplier, nnx.state(self, nnx.Param))

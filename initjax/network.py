@@ -169,13 +169,17 @@ def _canonicalize_layer(layer: Any) -> None:
     set_(layer, "norm_eps", check_float("norm_eps", layer.norm_eps, minimum=0.0))
     for name in ("multiplier", "lr_multiplier"):
         set_(layer, name, check_float(name, getattr(layer, name), minimum=0.0, strict_minimum=True))
+    if layer.bias_lr_multiplier is not None:  # None: the bias follows lr_multiplier
+        set_(layer, "bias_lr_multiplier", check_float("bias_lr_multiplier", layer.bias_lr_multiplier,
+                                                      minimum=0.0, strict_minimum=True))
     _check_bool("preactivation", layer.preactivation)
     _check_bool("weight_standardization", layer.weight_standardization)
 
 
 def _layer_dict(layer: Any) -> dict[str, Any]:
-    """The JSON fields a Dense and a Conv layer share."""
-    return {
+    """The JSON fields a Dense and a Conv layer share (``bias_lr_multiplier`` only when set, so
+    older descriptions read and write unchanged)."""
+    out = {
         "init": init_spec(layer.init),
         "activation": layer.activation.spec,
         "bias_init": init_spec(layer.bias_init),
@@ -187,6 +191,9 @@ def _layer_dict(layer: Any) -> dict[str, Any]:
         "preactivation": layer.preactivation,
         "weight_standardization": layer.weight_standardization,
     }
+    if layer.bias_lr_multiplier is not None:
+        out["bias_lr_multiplier"] = layer.bias_lr_multiplier
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +210,8 @@ class Dense:
       norm_eps: epsilon added to the variance inside the norm (>= 0).
       multiplier: forward multiplier on ``x W`` (> 0; muP's readout multiplier, for example).
       lr_multiplier: the factor on this layer's learning rate (> 0).
+      bias_lr_multiplier: the factor on the bias's learning rate (> 0; None: ``lr_multiplier``).
+        muP gives biases their own rule (TP5 Table 3, :mod:`initjax.parametrization`).
       preactivation: the activation (and norm) come first, as in a pre-activation residual branch
         (He et al. 2016, ResNet v2): ``multiplier * phi(norm(x)) W + b`` (``"before"``) or
         ``multiplier * norm(phi(x)) W + b`` (``"after"``).
@@ -226,6 +235,7 @@ class Dense:
     lr_multiplier: float = 1.0
     preactivation: bool = False
     weight_standardization: bool = False
+    bias_lr_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", check_int("width", self.width, minimum=1))
@@ -289,6 +299,7 @@ class Conv:
     lr_multiplier: float = 1.0
     preactivation: bool = False
     weight_standardization: bool = False
+    bias_lr_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
