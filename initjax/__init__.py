@@ -27,8 +27,9 @@ _ENGINE = "initjax.engine"
 
 # Submodules exported as attributes (initjax.<name>), and aliases of them.
 _SUBMODULES = (
-    "activations", "config", "data", "gains", "initializers", "lsuv", "modules", "plotting",
-    "probing", "reproductions", "sweeps", "theory", "training",
+    "activations", "config", "coordcheck", "data", "gains", "initializers", "lsuv", "modules",
+    "opprobe", "parametrization", "plotting", "probing", "reproductions", "sweeps", "theory",
+    "training", "transfer",
 )
 _ALIASES = {"train": "training"}  # the README's name for the training module
 

@@ -1,4 +1,4 @@
-"""The ``initjax`` command line: ``list``, ``propagate`` and ``reproduce``.
+"""The ``initjax`` command line: ``list``, ``propagate``, ``theory``, ``coord-check`` and ``reproduce``.
 
     initjax list
     initjax propagate --init he_normal --activation relu --depth 10 --width 1024 --seeds 8
@@ -7,6 +7,8 @@
     initjax propagate --arch residual --depth 100 --width 1024 --batch 16 --seeds 8 --init he_normal
                       --activation relu --branch-scale 1/sqrt(depth) --branch-layers 2 --norm layer --json
     initjax theory --arch residual --depth 100 --width 1024 --init he_normal --activation relu --json
+    initjax coord-check --parametrization mup --widths 64,128,256,512,1024 --depth 3
+                        --optimizer adam --lr 0.01 --steps 4 --seeds 4 --json
     initjax reproduce seed-demo --out results/seed-demo
     initjax reproduce --list
 
@@ -26,6 +28,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from initjax._precision import DEFAULT_PRECISION, PRECISIONS
 
 __all__ = ["main"]
 
@@ -159,7 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=40)
     p.add_argument("--method", choices=("dense", "fast"), default="dense",
                    help="dense: sample weight matrices; fast: exact O(batch x width) sampling for Gaussian weights")
-    p.add_argument("--memory-budget", type=float, default=None, help="bytes of temporaries per chunk (default 2 GiB)")
+    p.add_argument("--memory-budget", type=float, default=None,
+                   help="bytes of temporaries per chunk and device (default: INITJAX_MEMORY_BUDGET, "
+                        "else 3/4 of an accelerator's free memory or 1/4 of the host's available RAM)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                   help="matmul precision: highest (default; float32-exact on every backend), high, or "
+                        "default (the backend's fastest: TF32-class on NVIDIA GPUs, 5e-5..1e-4 "
+                        "relative in issue 13's H200 run)")
     p.add_argument("--devices", default=None,
                    help="split the seeds over this many devices, or 'all' (needs --prng-impl threefry2x32)")
     p.add_argument("--prng-impl", default="philox2x32",
@@ -195,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a directory holding a dataset to train on instead of the bundled one "
                         "(ioffe2015-mnist: MNIST's four IDX files)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from initjax import coordcheck
+
+    coordcheck.add_parser(sub)
     return parser
 
 
@@ -275,7 +289,7 @@ def _propagate_mlp(args: argparse.Namespace) -> int:
         result = propagate(
             config, args.seeds, args.key, cotangent=args.cotangent, bins=args.bins,
             progress=False if args.quiet else None, method=args.method, memory_budget=args.memory_budget,
-            devices=_devices(args.devices), prng_impl=args.prng_impl,
+            devices=_devices(args.devices), prng_impl=args.prng_impl, precision=args.precision,
         )
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)
@@ -340,7 +354,7 @@ def _propagate_residual(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", NonFiniteWarning)
         result = propagate(network, args.seeds, args.key, cotangent=args.cotangent,
                            progress=False if args.quiet else None, memory_budget=args.memory_budget,
-                           prng_impl=args.prng_impl)
+                           prng_impl=args.prng_impl, precision=args.precision)
     for w in caught:
         print(f"initjax: warning: {w.message}", file=sys.stderr)
     prediction = None
@@ -512,6 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_propagate(args)
         if args.command == "theory":
             return _cmd_theory(args)
+        if args.command == "coord-check":
+            from initjax import coordcheck
+
+            return coordcheck.main(args)
         return _cmd_reproduce(args, parser)
     except (ValueError, TypeError, MemoryError, OSError) as err:  # OSError: files, permissions
         print(f"initjax: error: {' '.join(str(err).split())}", file=sys.stderr)

@@ -131,6 +131,19 @@ _REPRODUCTIONS = {
             "Brock, De & Smith 2021: signal propagation plots (channel squared mean, channel variance, "
             "branch variance per block) of BN-ReLU, ReLU-BN, NF with He init and NF with scaled WS.",
         ),
+        Reproduction(
+            "yang2022-mutransfer",
+            "yang2022_mutransfer",
+            "Yang et al. 2022 (TP5), Fig. 1: training loss vs log2 learning rate of MLPs on digits over "
+            "a 16x width range, SP vs muP with Adam (the optimum moves under SP, not under muP); and "
+            "residual MLPs over depth, depth-muP vs unscaled.",
+        ),
+        Reproduction(
+            "yang2021-coord-check",
+            "yang2021_coord_check",
+            "Yang et al. 2021 (TP5): coordinate checks, mean |x| per layer vs width over training "
+            "steps, SP vs muP, MLP and residual MLP, SGD and Adam; log2-log2 slopes (muP flat).",
+        ),
     )
 }
 
