@@ -38,6 +38,8 @@ FIGURES = {
     "desmith2020-skipinit": ["variance-at-init", "training"],
     "zhang2019-fixup": ["gradient-norms", "training"],
     "brock2021-spp": ["spp-conv", "spp-bn", "spp-nf"],
+    "yang2021-coord-check": ["coord-check-mlp", "coord-check-resmlp"],
+    "yang2022-mutransfer": ["width_transfer", "depth_transfer"],
 }
 
 
