@@ -39,6 +39,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from seed_demo import ONE, SCHEMES  # the classic demo's five (activation, init, std(n)) schemes
 
 from initjax import NetworkConfig, propagate, propagate_shared
 from initjax._io import write_json
@@ -46,15 +47,6 @@ from initjax._precision import matmul_precision
 from initjax.engine import MeasureOptions, default_lanes, fast
 from initjax.engine.executor import lane_loop
 
-# (activation, init, std as a function of the width): the classic demo's five schemes
-SCHEMES = [
-    ("tanh", "normal:stddev=0.01", lambda n: 0.01),
-    ("tanh", "normal:stddev=1.0", lambda n: 1.0),
-    ("tanh", "xavier_normal", lambda n: np.sqrt(1.0 / n)),
-    ("relu", "xavier_normal", lambda n: np.sqrt(1.0 / n)),
-    ("relu", "he_normal", lambda n: np.sqrt(2.0 / n)),
-]
-ONE = SCHEMES[-1:]  # ReLU, He
 PRECISION = "highest"  # the engine's default: float32-exact on every backend
 
 

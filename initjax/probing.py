@@ -665,35 +665,12 @@ def _infer_activation(act_in: np.ndarray, y: np.ndarray) -> _activations.Activat
     return identity
 
 
-def _measure(
-    runner: _Runner,
-    params: Any,
-    rest: Any,
-    x: Array,
-    *,
-    stack_size: int | None,
-    model_desc: str,
-    expect: str,
-    cotangent: Any,
-    key: Any,
-    act_range: tuple[float, float],
-    grad_range: tuple[float, float],
-    bins: int,
-    saturation_tolerance: float,
-    activation: Any,
-    model_activation: Any,
-    model_name: str,
-    precision: str,
-) -> ProbeResult:
-    """:func:`probe`'s measurement, every matmul (the model's and the statistics') traced and run
-    at ``precision``."""
+def _measure(runner: _Runner, params: Any, rest: Any, x: Array, *, precision: str,
+             **options: Any) -> ProbeResult:
+    """:func:`probe`'s measurement (:func:`_measure_at`), every matmul (the model's and the
+    statistics') traced and run at ``precision``."""
     with matmul_precision(precision):
-        result = _measure_at(
-            runner, params, rest, x, stack_size=stack_size, model_desc=model_desc, expect=expect,
-            cotangent=cotangent, key=key, act_range=act_range, grad_range=grad_range, bins=bins,
-            saturation_tolerance=saturation_tolerance, activation=activation,
-            model_activation=model_activation, model_name=model_name,
-        )
+        result = _measure_at(runner, params, rest, x, **options)
     return dataclasses.replace(result, precision=precision)
 
 
