@@ -127,6 +127,11 @@ class TrainConfig:
         and ``kernel_init`` draws the linear readout. Records' ``layer`` axis is then the block
         axis: activation statistics of each block's last Dense layer, gradient norms over each
         block's kernels. JSON holds it as :meth:`~initjax.network.Network.to_dict`.
+      readout: with ``model="network"``: True adds a linear readout to the classes, drawn from
+        ``kernel_init``; False makes the network's own last layer the readout (its width must be
+        the number of classes), as a parametrized network does
+        (:func:`initjax.parametrization.mlp` ends in its muP/SP readout). JSON omits it when True,
+        so older configs keep their run identity.
 
     Raises:
       ValueError, TypeError: for any bad value; the message names the field and what is allowed.
@@ -164,6 +169,7 @@ class TrainConfig:
     bn_running_var: str | None = None
     bn_epsilon: float = 1e-5
     network: Network | None = None
+    readout: bool = True
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -261,10 +267,15 @@ class TrainConfig:
             if self.norm is not None or self.residual:
                 raise ValueError("with model='network' the network states its norms and skips; "
                                  f"got norm={self.norm!r}, residual={self.residual!r}")
+            if not isinstance(self.readout, bool):
+                raise TypeError(f"readout must be True or False, got {self.readout!r}")
             if self.network.spatial:
                 raise ValueError(f"the trainer takes networks without spatial axes (flattened examples); "
                                  f"this one has spatial={self.network.spatial} (conv blocks): train it "
                                  "through initjax.modules.build and training.core for now")
+        elif self.readout is not True:
+            raise ValueError(f"readout={self.readout!r} needs model='network' (the other models "
+                             "always end in a linear readout)")
         if self.uses_batchnorm and self.batch_size < 2:
             raise ValueError("batch norm needs batch_size >= 2 (batch statistics of one example)")
         put("record_every", check_int("record_every", self.record_every, minimum=1))
@@ -301,6 +312,7 @@ class TrainConfig:
             f.name: list(v) if isinstance(v, tuple) else v.to_dict() if isinstance(v, Network) else v
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
+            if not (f.name == "readout" and v is True)  # older configs keep their run identity
         }
 
     @classmethod
@@ -363,7 +375,12 @@ class TrainConfig:
             if int(np.prod(in_shape)) != self.network.in_width:
                 raise ValueError(f"the network takes {self.network.in_width} inputs, but the "
                                  f"examples have shape {in_shape} ({int(np.prod(in_shape))} values)")
-            return _modules.build(self.network, num_classes, readout_init=self.kernel_init,
+            if not self.readout and self.network.widths[-1] != num_classes:
+                raise ValueError(f"readout=False makes the network's last layer the readout, but "
+                                 f"its width is {self.network.widths[-1]} and there are "
+                                 f"{num_classes} classes")
+            return _modules.build(self.network, num_classes if self.readout else None,
+                                  readout_init=self.kernel_init,
                                   batchnorm_kwargs=self.batchnorm_kwargs, rngs=rngs)
         if self.model == "mlp":
             return _modules.MLP(int(np.prod(in_shape)), self.widths, num_classes,

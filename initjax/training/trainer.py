@@ -89,7 +89,7 @@ _CPU_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
 # program's code; the rest (label, numbers, initializers, record cadence, sizes) do not.
 _MODEL_FIELDS = ("model", "widths", "activation", "norm", "norm_placement", "residual",
                  "downsample_at", "bn_convention", "bn_momentum", "bn_running_var", "bn_epsilon",
-                 "network")
+                 "network", "readout")
 _PROGRAM_FIELDS = ("optimizer", "schedule", "warmup_steps", "decay_every", "steps")
 
 
@@ -194,7 +194,10 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
         else:
             rec["grad_norm"] = jnp.stack([jnp.linalg.norm(layer.kernel[...].reshape(-1))
                                           for layer in gmodel.layers])
-        rec["readout_grad_norm"] = jnp.linalg.norm(head.kernel[...].reshape(-1))
+        if head is None:  # readout=False: the network's last block is the readout
+            rec["readout_grad_norm"] = jnp.sqrt(sum(jnp.sum(k**2) for k in gmodel.blocks[-1].kernels()))
+        else:
+            rec["readout_grad_norm"] = jnp.linalg.norm(head.kernel[...].reshape(-1))
         if act is None:
             pmodel = nnx.merge(graphdef, params, rest, copy=True)
             rec["prelu_slope"] = jnp.stack([jnp.mean(p.slope[...]) for p in pmodel.prelus])

@@ -605,3 +605,36 @@ def test_cnn_arms_run_in_turn_and_equal_configs_trained_alone():
         np.testing.assert_allclose(getattr(together["lr=0.1"], field),
                                    getattr(alone["lr=0.1"], field), rtol=2e-4, atol=1e-6)
     assert not np.allclose(together["lr=0.01"].train_loss, together["lr=0.1"].train_loss)
+
+
+def test_readout_false_trains_the_networks_own_readout_with_its_multipliers(digits):
+    """``readout=False``: the network's last Dense layer is the readout (no extra layer), and its
+    learning-rate multipliers, bias ones included, reach the trainer: with every kernel and bias
+    at multiplier 1e-6 the test loss does not move (1e-4 relative); with the biases' own multiplier set
+    back to 1 (``bias_lr_multiplier``, muP's separate bias rule) the biases learn and the loss
+    falls. A last width other than the number of classes is refused by name."""
+    from initjax.network import Dense, Network
+
+    def net(bias_lr):
+        return Network(64, (Dense(32, "he_normal", "tanh", lr_multiplier=1e-6,
+                                  bias_lr_multiplier=bias_lr),
+                            Dense(10, "lecun_normal", "identity", lr_multiplier=1e-6,
+                                  bias_lr_multiplier=bias_lr)))
+
+    frozen = TrainConfig(label="frozen", model="network", network=net(None), readout=False,
+                         optimizer="sgd", learning_rate=0.5, steps=60, record_every=30,
+                         batch_size=32, probe_size=64, train_eval_size=256)
+    biases = dataclasses.replace(frozen, label="biases", network=net(1.0))
+    model = frozen.build((64,), 10, rngs=nnx.Rngs(0))
+    assert model.readout is None and model(jnp.ones((2, 64))).shape == (2, 10)
+    assert "readout" not in TrainConfig(model="network", network=net(None)).to_dict()
+    assert TrainConfig.from_json(frozen.to_json()) == frozen
+    result = training.compare([frozen, biases], digits, seeds=1, progress=False)
+    a, b = result["frozen"], result["biases"]
+    np.testing.assert_allclose(a.test_loss[0, -1], a.test_loss[0, 0], rtol=1e-4)
+    assert b.test_loss[0, -1] < b.test_loss[0, 0] - 0.03  # measured: 2.711 -> 2.650
+    with pytest.raises(ValueError, match="width is 12 and there are 10 classes"):
+        dataclasses.replace(frozen, network=Network(64, (Dense(12),))).build(
+            (64,), 10, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="readout=False needs model='network'"):
+        TrainConfig(readout=False)
