@@ -51,6 +51,7 @@ import numpy as np
 from initjax import _shapes
 from initjax._checks import check_choice, check_float, check_int
 from initjax._keys import as_key
+from initjax._precision import matmul_precision
 from initjax._registry import Registry
 
 __all__ = [
@@ -854,7 +855,8 @@ def teacher_student(
 
     def split(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
         x = rng(stream).standard_normal((n, in_dim), dtype=np.float32)
-        out = np.asarray(_teacher_forward(x, weights, act), dtype=np.float32)
+        with matmul_precision():  # the same labels on every backend (issue 13)
+            out = np.asarray(_teacher_forward(x, weights, act), dtype=np.float32)
         if task == "classification":
             return x, np.argmax(out, axis=1).astype(np.int32)
         eps = rng(stream + 2).standard_normal(out.shape, dtype=np.float32)

@@ -47,6 +47,7 @@ import numpy as np
 
 from initjax import _io, data, plotting
 from initjax._checks import check_float, check_int
+from initjax._precision import matmul_precision
 from initjax.engine import BlockPropagation, propagate
 from initjax.network import Network
 from initjax.reproductions import _reports
@@ -300,10 +301,11 @@ def run(
     ds = data.digits()
     trained: dict[str, TrainResult] = {}
     for arm in TRAIN_ARMS:
-        trained[arm.label] = train(train_network(arm, size["train_depth"]), ds,
-                                   seeds=size["train_seeds"], steps=size["steps"],
-                                   record_every=size["record_every"],
-                                   learning_rate=size["learning_rate"])
+        with matmul_precision():  # float32-exact training on every backend (issue 13)
+            trained[arm.label] = train(train_network(arm, size["train_depth"]), ds,
+                                       seeds=size["train_seeds"], steps=size["steps"],
+                                       record_every=size["record_every"],
+                                       learning_rate=size["learning_rate"])
     _io.write_npz(out / "training.npz", **{
         f"{_reports.slug(label)}_{k}": np.asarray(v) for label, r in trained.items()
         for k, v in r._asdict().items() if v is not None and k != "seconds"})
