@@ -7,6 +7,8 @@
     initjax propagate --arch residual --depth 100 --width 1024 --batch 16 --seeds 8 --init he_normal
                       --activation relu --branch-scale 1/sqrt(depth) --branch-layers 2 --norm layer --json
     initjax theory --arch residual --depth 100 --width 1024 --init he_normal --activation relu --json
+    initjax propagate --arch transformer --depth 48 --width 256 --heads 8 --tokens 32 --batch 8
+                      --seeds 4 --no-residual --json
     initjax coord-check --parametrization mup --widths 64,128,256,512,1024 --depth 3
                         --optimizer adam --lr 0.01 --steps 4 --seeds 4 --json
     initjax reproduce seed-demo --out results/seed-demo
@@ -28,6 +30,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from initjax._precision import DEFAULT_PRECISION, PRECISIONS
 
@@ -65,12 +68,24 @@ def _width(text: str) -> int | tuple[int, ...]:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _add_arch_flags(p: argparse.ArgumentParser) -> None:
-    """``--arch`` and the residual flags shared by ``propagate`` and ``theory``."""
-    p.add_argument("--arch", choices=("mlp", "residual"), default="mlp",
-                   help="mlp: a plain stack of layers; residual: --depth pre-activation residual blocks")
+def _add_arch_flags(p: argparse.ArgumentParser, transformer: bool = False) -> None:
+    """``--arch`` and the residual flags shared by ``propagate`` and ``theory`` (``transformer``:
+    ``--arch transformer`` and its flags too, for ``propagate``)."""
+    arches = ("mlp", "residual", "transformer") if transformer else ("mlp", "residual")
+    p.add_argument("--arch", choices=arches, default="mlp",
+                   help="mlp: a plain stack of layers; residual: --depth pre-activation residual blocks"
+                        + ("; transformer: --depth attention blocks on --tokens tokens" if transformer else ""))
     p.add_argument("--branch-scale", default="1",
-                   help="residual: the branch scale A, a number >= 0 or 1/sqrt(depth) (default 1)")
+                   help="residual: the branch scale A, a number >= 0 or 1/sqrt(depth) (default 1)"
+                        + ("; transformer: also inv-sqrt-depth" if transformer else ""))
+    if transformer:
+        p.add_argument("--heads", type=int, default=None, help="transformer: attention heads (divide --width)")
+        p.add_argument("--tokens", type=int, default=None, help="transformer: tokens per sequence (>= 2)")
+        p.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False,
+                       help="transformer: add the MLP sub-block (gelu, 4 x width; default --no-mlp)")
+        p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                       help="transformer: residual blocks (default); --no-residual: pure attention x <- Attn(x)")
+        p.add_argument("--causal", action="store_true", help="transformer: causal attention mask")
     p.add_argument("--branch-layers", type=int, default=1, help="residual: weight layers per branch, 1 or 2")
     p.add_argument("--norm-position", choices=("pre", "post"), default="pre",
                    help="residual: norm inside the branch (pre) or after the add (post)")
@@ -144,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list initializers, activations and reproductions")
 
     p = sub.add_parser("propagate", help="per-layer statistics of sampled networks")
-    _add_arch_flags(p)
+    _add_arch_flags(p, transformer=True)
     p.add_argument("--init", default="lecun_normal", help="initializer spec, e.g. he_normal or normal:stddev=0.01")
     p.add_argument("--activation", default="tanh", help="activation spec, e.g. relu or leaky_relu:negative_slope=0.1")
     p.add_argument("--bias-init", default="zeros", help="bias initializer spec (default zeros)")
@@ -154,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="examples per batch (default 16)")
     p.add_argument("--seeds", type=int, default=4, help="independent networks (default 4)")
     p.add_argument("--key", type=int, default=0, help="base PRNG seed (default 0)")
-    p.add_argument("--norm", choices=NETWORK_NORMS, default="none",
-                   help="normalization: per layer (mlp; none, batch, layer) or per block (residual; also rms)")
+    p.add_argument("--norm", choices=NETWORK_NORMS, default=None,
+                   help="normalization: per layer (mlp; none, batch, layer) or per block (residual; also "
+                        "rms); default none (transformer: layer, or none with --no-residual)")
     p.add_argument("--placement", choices=PLACEMENTS, default="before", help="norm before or after the activation")
     p.add_argument("--input-variance", type=float, default=1.0)
     p.add_argument("--input-correlation", type=float, default=0.0)
@@ -259,6 +275,14 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
     # an overflowed run's statistics are inf: their spread over seeds is NaN by design (numpy's
     # "invalid value" warnings there would only add lines to stderr; NonFiniteWarning says it once)
     with claim, np.errstate(invalid="ignore", over="ignore"):
+        if args.arch == "transformer":
+            return _propagate_transformer(args)
+        _refuse_given(args, ("heads", "tokens", "mlp", "residual"), "applies to --arch transformer only")
+        if args.causal:
+            raise ValueError("--causal masks attention and applies to --arch transformer only: "
+                             f"--arch {args.arch} has no attention blocks")
+        if args.norm is None:
+            args.norm = "none"
         if args.arch == "residual":
             return _propagate_residual(args)
         return _propagate_mlp(args)
@@ -345,18 +369,11 @@ def _predict_unless_overflow(config):
 def _propagate_residual(args: argparse.Namespace) -> int:
     """``initjax propagate --arch residual``: per-block statistics (the block engine)."""
     from initjax import _io, plotting
-    from initjax.engine import NonFiniteWarning, propagate
 
     _refuse_given(args, ("in_width", "bias_init", "input_variance", "input_correlation", "bins",
                          "method", "devices", "placement"), "does not apply to --arch residual")
     network = _residual_network(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NonFiniteWarning)
-        result = propagate(network, args.seeds, args.key, cotangent=args.cotangent,
-                           progress=False if args.quiet else None, memory_budget=args.memory_budget,
-                           prng_impl=args.prng_impl, precision=args.precision)
-    for w in caught:
-        print(f"initjax: warning: {w.message}", file=sys.stderr)
+    result = _measure_blocks(args, network)
     prediction = None
     if args.theory:
         from initjax import theory
@@ -383,6 +400,82 @@ def _propagate_residual(args: argparse.Namespace) -> int:
         _io.save_figure(fig, args.out / "variance")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _transformer_network(args: argparse.Namespace):
+    """The ``--arch transformer`` network: ``Network.transformer`` of the flags (tokens i.i.d.
+    N(0, 1) unless --input-variance / --input-correlation say otherwise)."""
+    from initjax.network import Network
+
+    if args.heads is None or args.tokens is None:
+        raise ValueError("--arch transformer needs --heads H and --tokens T (e.g. --heads 4 --tokens 16), "
+                         f"got --heads {args.heads} --tokens {args.tokens}")
+    if not isinstance(args.width, int):
+        raise ValueError(f"--arch transformer takes one --width (the stream's), got {args.width!r}")
+    if not args.residual:
+        _refuse_given(args, ("branch_scale",), "does not apply with --no-residual (there is no branch to scale)")
+    scale = args.branch_scale
+    scale = "1/sqrt(depth)" if scale == "inv-sqrt-depth" else _branch_scale(scale)
+    norm = args.norm if args.norm is not None else ("layer" if args.residual else "none")
+    return Network.transformer(
+        args.depth, args.width, args.heads, args.tokens, args.batch, mlp=args.mlp,
+        residual=args.residual, norm=norm, norm_position=args.norm_position, branch_scale=scale,
+        causal=args.causal, init=args.init, input_variance=args.input_variance,
+        input_correlation=args.input_correlation)
+
+
+_TRANSFORMER_COLUMNS = (("cosine", "cos"), ("rel_residual", "rel res"), ("attn_entropy", "entropy"),
+                        ("act_var", "Var[x]"), ("grad_var", "Var[dL/dx]"), ("grad_norm_q", "|dW_Q|"),
+                        ("grad_norm_k", "|dW_K|"), ("grad_norm_v", "|dW_V|"), ("grad_norm_o", "|dW_O|"))
+
+
+def _propagate_transformer(args: argparse.Namespace) -> int:
+    """``initjax propagate --arch transformer``: per-block statistics (the attention engine)::
+
+        initjax propagate --arch transformer --depth L --width D --heads H --tokens T --batch B
+            --seeds S [--mlp|--no-mlp] [--residual|--no-residual] [--norm layer|rms|none]
+            [--norm-position pre|post] [--branch-scale A|inv-sqrt-depth] [--causal] [--json]
+
+    Defaults: ``--no-mlp --residual --norm layer --norm-position pre --branch-scale 1``, Q/K/V/O
+    weights ``--init lecun_normal`` (variance 1/D); ``--no-residual`` defaults to ``--norm none``
+    (pure attention ``x <- Attn(x)``, Dong et al. 2021).
+    """
+    from initjax import _io
+
+    _refuse_given(args, ("in_width", "bias_init", "bins", "method", "devices", "placement",
+                         "branch_layers", "activation", "theory"),
+                  "does not apply to --arch transformer")
+    network = _transformer_network(args)
+    result = _measure_blocks(args, network)
+    payload = result.to_json_dict()
+    if args.json:
+        print(json.dumps(_io.json_safe(payload)))
+    else:
+        header = f"{'block':>5} " + " ".join(f"{title:>11}" for _, title in _TRANSFORMER_COLUMNS)
+        lines = [f"{network.name} ({network.tokens} tokens): {result.seeds} seeds, mean over seeds", header]
+        for row in payload["layers"]:
+            lines.append(f"{row['block']:>5} " + " ".join(f"{row[n]:>11.4g}" for n, _ in _TRANSFORMER_COLUMNS))
+        print("\n".join(lines))
+    if args.out is not None:
+        result.save(args.out)
+        _io.write_json(args.out / "layers.json", payload)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _measure_blocks(args: argparse.Namespace, network: Any) -> Any:
+    """``propagate`` of a residual or token network with the command's options; non-finite
+    warnings are printed as one line each."""
+    from initjax.engine import NonFiniteWarning, propagate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        result = propagate(network, args.seeds, args.key, cotangent=args.cotangent,
+                           progress=False if args.quiet else None, memory_budget=args.memory_budget,
+                           prng_impl=args.prng_impl, precision=args.precision)
+    for w in caught:
+        print(f"initjax: warning: {w.message}", file=sys.stderr)
+    return result
 
 
 _BLOCK_COLUMNS = (("act_var", "Var[x]"), ("act_sq_mean", "chan mean^2"), ("branch_var", "Var[A f]"),

@@ -41,9 +41,16 @@ A Dense block on a spatial stream acts per position (a 1x1 convolution). Norms o
 stream: batch norm per channel over ``(batch, *spatial)``, layer and RMS norm per example over
 ``(*spatial, channels)``.
 
-New block kinds (attention, issue 15) plug in with :func:`register_block`: a block is a frozen
-dataclass with a class attribute ``kind``, ``out_width(in_width) -> int`` (validating the
-widths) and ``to_dict()`` / ``from_dict(data)``.
+The stream may instead carry a token axis (``Network.tokens = T``): it is then ``(batch, T,
+in_width)``, ``batch`` sequences of ``T`` tokens, and :class:`Attention` blocks (multi-head softmax
+self-attention with an optional MLP sub-block, pre- or post-norm, residual or pure) act on it; norms
+there act per token over its channels::
+
+    x' = x + A Attn(norm(x))      (pre; post: norm(x + A Attn(x)); no residual: Attn(norm(x)))
+
+New block kinds plug in with :func:`register_block`: a block is a frozen dataclass with a class
+attribute ``kind``, ``out_width(in_width) -> int`` (validating the widths) and ``to_dict()`` /
+``from_dict(data)``.
 
     >>> from initjax.network import Dense, Network, Repeat, Residual
     >>> mlp = Network.mlp(depth=10, width=512, init="he_normal", activation="relu")
@@ -77,9 +84,12 @@ from initjax import initializers as _initializers
 from initjax._checks import check_choice, check_float, check_float_dtype, check_int
 
 __all__ = [
+    "ATTENTION_NORMS",
     "BETAS",
     "BRANCH_SCALES",
+    "LOGIT_SCALES",
     "NORMS",
+    "Attention",
     "Conv",
     "Dense",
     "JSONDescription",
@@ -440,7 +450,152 @@ class Residual:
         return cls(**data)
 
 
-_BLOCKS: dict[str, type] = {"dense": Dense, "conv": Conv, "residual": Residual}
+ATTENTION_NORMS = ("layer", "rms", "none")
+LOGIT_SCALES = ("1/sqrt(d_head)", "1/d_head")  # the symbolic logit scales; any finite number >= 0 too
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """A transformer block: multi-head softmax self-attention, optionally followed by an MLP
+    sub-block, on a token stream ``(batch, tokens, D)`` (``Network.tokens``).
+
+    Attention on one sequence ``X: (T, D)`` with ``H = heads`` heads of ``d = D / H`` channels
+    (no biases; ``W_Q, W_K, W_V, W_O: (D, D)`` in Flax's layout)::
+
+        Q = X W_Q, K = X W_K, V = X W_V                  (split into H heads of d columns)
+        P_h = softmax(s Q_h K_h^T)                       (row-wise; causal: keys j > query i masked)
+        Attn(X) = concat_h(P_h V_h) W_O
+
+    with ``s = logit_scale``: ``1/sqrt(d)`` (Vaswani et al. 2017), ``1/d`` (muP, Yang et al.
+    2021) or a number >= 0 (0: uniform attention). The block (``A`` the branch scale ``alpha``,
+    ``norm`` per token over its ``D`` channels, without affine part at initialization)::
+
+        residual, pre:    x <- x + A Attn(norm(x));   x <- x + A MLP(norm(x))   (MLP if mlp_width)
+        residual, post:   x <- norm(x + A Attn(x));   x <- norm(x + A MLP(x))
+        no residual:      x <- Attn(norm(x));         x <- MLP(norm(x))         (pre)
+                          x <- norm(Attn(x));         x <- norm(MLP(x))         (post)
+
+    where ``MLP(u) = phi(u W_1) W_2`` (``W_1: (D, mlp_width)``, ``W_2: (mlp_width, D)``, no
+    biases). ``residual=False`` with ``norm="none"`` is Dong et al.'s pure attention ("SAN");
+    without residual the branch scale must stay 1 (there is no branch to scale).
+
+    Attributes:
+      heads: number of heads (>= 1; must divide the stream width).
+      init: initializer of W_Q, W_K, W_V and W_O (default ``"lecun_normal"``: variance 1/D).
+      qk_init: initializer of W_Q and W_K only (None: ``init``; ``"zeros"`` gives uniform
+        attention, as Xiong et al. 2020 assume).
+      logit_scale: ``"1/sqrt(d_head)"``, ``"1/d_head"`` or a finite number >= 0.
+      causal: mask the keys after each query.
+      mlp_width: the MLP sub-block's hidden width (None: no MLP).
+      mlp_activation: the MLP's activation ``phi`` (default ``"gelu"``: initjax's exact
+        ``x Phi(x)``, ``jax.nn.gelu(approximate=False)``).
+      mlp_init: initializer of W_1 and W_2 (default ``"he_normal"``).
+      norm: ``"layer"``, ``"rms"`` or ``"none"`` (per token over channels).
+      norm_position: ``"pre"`` or ``"post"``.
+      residual: add the stream (True) or replace it (False: pure attention).
+      alpha: the branch scale: a finite number >= 0 or ``"1/sqrt(depth)"`` (depth = the number of
+        residual blocks of the network, attention blocks included).
+      learnable: alpha is a trained scalar that starts at ``alpha`` (ReZero: ``alpha=0``).
+      norm_eps: epsilon added to the variance inside the norm (>= 0).
+
+    References:
+      Vaswani et al. 2017, https://arxiv.org/abs/1706.03762. Dong, Cordonnier & Loukas 2021,
+      https://arxiv.org/abs/2103.03404. Xiong et al. 2020, https://arxiv.org/abs/2002.04745.
+      Bachlechner et al. 2020 (ReZero), https://arxiv.org/abs/2003.04887.
+    """
+
+    kind: ClassVar[str] = "attention"
+
+    heads: int = 1
+    init: Any = "lecun_normal"
+    qk_init: Any = None
+    logit_scale: float | str = "1/sqrt(d_head)"
+    causal: bool = False
+    mlp_width: int | None = None
+    mlp_activation: Any = "gelu"
+    mlp_init: Any = "he_normal"
+    norm: str = "layer"
+    norm_position: str = "pre"
+    residual: bool = True
+    alpha: float | str = 1.0
+    learnable: bool = False
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "heads", check_int("heads", self.heads, minimum=1))
+        set_(self, "init", resolve_init(self.init, "init"))
+        if self.qk_init is not None:
+            set_(self, "qk_init", resolve_init(self.qk_init, "qk_init"))
+        if isinstance(self.logit_scale, str):
+            check_choice("logit_scale", self.logit_scale, LOGIT_SCALES)
+        else:
+            set_(self, "logit_scale", check_float("logit_scale", self.logit_scale, minimum=0.0))
+        _check_bool("causal", self.causal)
+        if self.mlp_width is not None:
+            set_(self, "mlp_width", check_int("mlp_width", self.mlp_width, minimum=1))
+        set_(self, "mlp_activation", _activations.get(self.mlp_activation))
+        set_(self, "mlp_init", resolve_init(self.mlp_init, "mlp_init"))
+        check_choice("norm", self.norm, ATTENTION_NORMS)
+        check_choice("norm_position", self.norm_position, RESIDUAL_NORM_POSITIONS)
+        _check_bool("residual", self.residual)
+        if isinstance(self.alpha, str):
+            check_choice("alpha", self.alpha, BRANCH_SCALES)
+        else:
+            set_(self, "alpha", check_float("alpha", self.alpha, minimum=0.0))
+        _check_bool("learnable", self.learnable)
+        if not self.residual and (self.alpha != 1.0 or self.learnable):
+            raise ValueError(f"residual=False has no branch to scale: alpha must be 1 and learnable "
+                             f"False, got alpha={self.alpha!r}, learnable={self.learnable!r}")
+        set_(self, "norm_eps", check_float("norm_eps", self.norm_eps, minimum=0.0))
+
+    def out_width(self, in_width: int) -> int:
+        if in_width % self.heads:
+            raise ValueError(f"heads={self.heads} must divide the stream width {in_width} "
+                             f"(each head gets width / heads channels)")
+        return in_width
+
+    def d_head(self, width: int) -> int:
+        """The channels per head, ``width / heads``."""
+        return self.out_width(width) // self.heads
+
+    def scale(self, width: int) -> float:
+        """The logit scale ``s`` as a number for a stream of ``width`` channels."""
+        d = self.d_head(width)
+        if self.logit_scale == "1/sqrt(d_head)":
+            return 1.0 / math.sqrt(d)
+        if self.logit_scale == "1/d_head":
+            return 1.0 / d
+        return float(self.logit_scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "heads": self.heads,
+            "init": init_spec(self.init),
+            "qk_init": None if self.qk_init is None else init_spec(self.qk_init),
+            "logit_scale": self.logit_scale,
+            "causal": self.causal,
+            "mlp_width": self.mlp_width,
+            "mlp_activation": self.mlp_activation.spec,
+            "mlp_init": init_spec(self.mlp_init),
+            "norm": self.norm,
+            "norm_position": self.norm_position,
+            "residual": self.residual,
+            "alpha": self.alpha,
+            "learnable": self.learnable,
+            "norm_eps": self.norm_eps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attention:
+        _check_fields(cls, data)
+        for f in ("init", "qk_init", "mlp_init"):
+            _check_buildable_spec(f, data.get(f))
+        return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+_BLOCKS: dict[str, type] = {"dense": Dense, "conv": Conv, "residual": Residual, "attention": Attention}
 
 
 def register_block(cls: type) -> type:
@@ -507,6 +662,11 @@ class Network(JSONDescription):
       label: an optional name for plots and tables.
       spatial: the stream's spatial shape (``()``: none; ``(8, 8)``: inputs ``(batch, 8, 8,
         in_width)``, channels last). Conv blocks need it; Dense blocks on it act per position.
+      tokens: the tokens per sequence ``T`` (>= 2) of a token stream ``(batch, T, in_width)``:
+        ``batch`` sequences; None (the default): no token axis. Attention blocks need it; it
+        excludes ``spatial``. The input tokens are Gaussian with variance ``input_variance`` and
+        correlation ``input_correlation`` between the tokens of a sequence (sequences
+        independent; i.i.d. tokens by default).
     """
 
     in_width: int
@@ -517,6 +677,7 @@ class Network(JSONDescription):
     dtype: str = "float32"
     label: str | None = None
     spatial: tuple[int, ...] = ()
+    tokens: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -552,6 +713,14 @@ class Network(JSONDescription):
                     raise ValueError("Conv blocks need a spatial stream: set spatial (e.g. "
                                      "spatial=(8, 8)); got spatial=()")
                 layer.kernel_shape(len(self.spatial))
+        if self.tokens is not None:
+            set_(self, "tokens", check_int("tokens", self.tokens, minimum=2))
+            if self.spatial:
+                raise ValueError(f"tokens={self.tokens} and spatial={self.spatial} exclude each "
+                                 "other: a stream is (batch, tokens, width) or (batch, *spatial, width)")
+        if self.tokens is None and any(isinstance(s.block, Attention) for s in stages):
+            raise ValueError("Attention blocks need a token stream: set tokens (>= 2, e.g. "
+                             "tokens=16); got tokens=None")
         if self.batch < 2 and "batch" in self.norms:
             raise ValueError("batch norm needs batch >= 2 (the batch variance of 1 example is 0)")
 
@@ -583,8 +752,10 @@ class Network(JSONDescription):
 
     @property
     def residual_depth(self) -> int:
-        """The number of residual blocks (the ``depth`` of ``alpha="1/sqrt(depth)"``)."""
-        return sum(stage.count for stage in self.stages if isinstance(stage.block, Residual))
+        """The number of residual blocks, residual attention blocks included (the ``depth`` of
+        ``alpha="1/sqrt(depth)"``)."""
+        return sum(stage.count for stage in self.stages if isinstance(stage.block, Residual)
+                   or (isinstance(stage.block, Attention) and stage.block.residual))
 
     @property
     def blocks(self) -> tuple[Any, ...]:
@@ -599,8 +770,9 @@ class Network(JSONDescription):
             out.append(block.out_width(out[-1]))
         return tuple(out)
 
-    def branch_scale(self, block: Residual) -> float:
-        """A residual block's ``alpha`` as a number (its initial value if learnable)."""
+    def branch_scale(self, block: Residual | Attention) -> float:
+        """A residual (or attention) block's ``alpha`` as a number (its initial value if
+        learnable)."""
         if block.alpha == "1/sqrt(depth)":
             return 1.0 / math.sqrt(max(self.residual_depth, 1))
         return float(block.alpha)
@@ -619,8 +791,9 @@ class Network(JSONDescription):
 
     @property
     def is_plain(self) -> bool:
-        """True for a plain stack of Dense layers (no residual or other blocks, no spatial axes)."""
-        return not self.spatial and all(
+        """True for a plain stack of Dense layers (no residual or other blocks, no spatial or
+        token axes)."""
+        return not self.spatial and self.tokens is None and all(
             isinstance(stage.block, Dense) and not stage.block.preactivation
             and not stage.block.weight_standardization for stage in self.stages)
 
@@ -760,10 +933,69 @@ class Network(JSONDescription):
                          norm_position=norm_position, norm_eps=norm_eps, beta=beta)
         return cls(channels, (Repeat(block, depth),), spatial=tuple(spatial), **network_fields)
 
+    @classmethod
+    def transformer(
+        cls,
+        depth: int,
+        width: int,
+        heads: int,
+        tokens: int,
+        batch: int = 16,
+        *,
+        mlp: bool = False,
+        residual: bool = True,
+        norm: str = "layer",
+        norm_position: str = "pre",
+        branch_scale: float | str = 1.0,
+        causal: bool = False,
+        init: Any = "lecun_normal",
+        qk_init: Any = None,
+        logit_scale: float | str = "1/sqrt(d_head)",
+        mlp_width: int | None = None,
+        mlp_activation: Any = "gelu",
+        mlp_init: Any = "he_normal",
+        learnable: bool = False,
+        norm_eps: float = 1e-5,
+        **network_fields: Any,
+    ) -> Network:
+        """``depth`` :class:`Attention` blocks on ``batch`` sequences of ``tokens`` tokens of
+        ``width`` channels (the input is the stream), as ``initjax propagate --arch transformer``
+        builds them::
+
+            pre:          x <- x + A Attn(norm(x))     (+ x <- x + A MLP(norm(x)) with mlp)
+            post:         x <- norm(x + A Attn(x))     (+ x <- norm(x + A MLP(x)))
+            no residual:  x <- Attn(norm(x))           (pure attention with norm="none")
+
+        ``A`` is ``branch_scale``: a number >= 0, ``"1/sqrt(depth)"`` (or ``"inv-sqrt-depth"``,
+        the CLI's spelling); ``learnable=True`` trains it from that value (ReZero with ``A = 0``).
+        The MLP's hidden width is ``mlp_width`` (default ``4 * width``).
+
+        >>> net = Network.transformer(12, 64, 4, 16, 8, mlp=True, branch_scale="inv-sqrt-depth")
+        >>> net.tokens, net.stages[0].block.mlp_width, round(net.branch_scale(net.stages[0].block), 4)
+        (16, 256, 0.2887)
+
+        Raises:
+          ValueError: heads not dividing ``width``, ``tokens < 2`` or any other invalid field (named).
+        """
+        depth = check_int("depth", depth, minimum=1)
+        width = check_int("width", width, minimum=1)
+        _check_bool("mlp", mlp)
+        if branch_scale == "inv-sqrt-depth":
+            branch_scale = "1/sqrt(depth)"
+        if mlp and mlp_width is None:
+            mlp_width = 4 * width
+        block = Attention(heads=heads, init=init, qk_init=qk_init, logit_scale=logit_scale,
+                          causal=causal, mlp_width=mlp_width if mlp else None,
+                          mlp_activation=mlp_activation, mlp_init=mlp_init, norm=norm,
+                          norm_position=norm_position, residual=residual, alpha=branch_scale,
+                          learnable=learnable, norm_eps=norm_eps)
+        return cls(width, (Repeat(block, depth),), batch=batch, tokens=tokens, **network_fields)
+
     # -- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; initializers and activations become spec strings (``spatial`` only
-        when the stream has spatial axes, so older descriptions read and write unchanged)."""
+        when the stream has spatial axes, ``tokens`` only with a token axis, so older
+        descriptions read and write unchanged)."""
         out = {
             "in_width": self.in_width,
             "stages": [stage.to_dict() for stage in self.stages],
@@ -775,6 +1007,8 @@ class Network(JSONDescription):
         }
         if self.spatial:
             out["spatial"] = list(self.spatial)
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
         return out
 
     @classmethod

@@ -112,7 +112,7 @@ def test_multipliers_are_part_of_the_description():
         (lambda: as_config(_residual()), ValueError, "block 0 is a residual block"),
         (lambda: Network.from_dict({"in_width": 4, "stages": [], "depth": 3}), ValueError,
          r"unknown Network fields \['depth'\]"),
-        (lambda: block_from_dict({"kind": "attention"}), ValueError, "kind' must be one of"),
+        (lambda: block_from_dict({"kind": "mamba"}), ValueError, "kind' must be one of"),
         # issue 14's list: a negative or NaN branch scale, Fixup without residual blocks, an unknown
         # norm position; and the new fields
         (lambda: Residual((Dense(4),), alpha=-0.5), ValueError, "alpha must be >= 0.0, got -0.5"),

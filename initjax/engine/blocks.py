@@ -4,7 +4,10 @@
 Dense and Residual blocks, pushes a batch through them and back-propagates a cotangent, and
 returns per-block statistics of the residual stream and of the branch (:class:`BlockStats`, axes
 ``(seed, block)``). :func:`initjax.propagate` sends every network that is not a plain Dense stack
-here. The blocks (see :mod:`initjax.network`)::
+here; a network with a token axis (``Network.tokens``: transformers, Attention blocks) goes on
+to :mod:`initjax.engine.attention` (:func:`~initjax.engine.attention.propagate_attention`,
+whose result is an :class:`~initjax.engine.attention.AttentionPropagation`). The blocks (see
+:mod:`initjax.network`)::
 
     Dense:                 x' = phi(norm(m x W + b))        or, preactivation, m phi(norm(x)) W + b
     Residual, norm "pre":  x' = x + alpha * branch(norm(x) / beta)
@@ -53,27 +56,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from initjax import _io
 from initjax._checks import check_choice, check_int
 from initjax._precision import DEFAULT_PRECISION, check_precision, matmul_precision
+from initjax.engine.block_results import BlockResult
 from initjax.engine.executor import (
     check_host_memory,
     check_seed_fits,
     chunk_capacity,
+    chunked_seed_stats,
     default_lanes,
     describe_widths,
     lane_loop,
     resolve_budget,
+    unjitted_seed_stats,
 )
 from initjax.engine.sampling import (
     COTANGENTS,
@@ -156,7 +158,7 @@ _TABLE_FIELDS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockPropagation:
+class BlockPropagation(BlockResult):
     """The result of :func:`propagate_blocks` (and of :func:`initjax.propagate` for a network
     with residual blocks).
 
@@ -174,6 +176,8 @@ class BlockPropagation:
         :class:`~initjax.engine.Propagation`; ``"unknown"`` if not recorded).
     """
 
+    STATS = BlockStats  # not a field: the statistics' type, for load()
+
     network: Network
     stats: BlockStats
     key: int | None = 0
@@ -183,15 +187,6 @@ class BlockPropagation:
     precision: str = DEFAULT_PRECISION
     memory_budget: float = float("nan")
     memory_budget_source: str = "unknown"
-
-    @property
-    def config(self) -> Network:
-        """The network (named as :class:`~initjax.engine.Propagation` names its config)."""
-        return self.network
-
-    @property
-    def seeds(self) -> int:
-        return int(self.stats.act_var.shape[0])
 
     @property
     def nonfinite_blocks(self) -> list[int]:
@@ -221,49 +216,6 @@ class BlockPropagation:
                                    + np.asarray(self.stats.grad_nonfinite)[:, i].sum())
             rows.append(row)
         return rows
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "network": self.network.to_dict(),
-            "seeds": self.seeds,
-            "key": self.key,
-            "cotangent": self.cotangent,
-            "prng_impl": self.prng_impl,
-            "precision": self.precision,
-            "memory_budget": {"bytes": self.memory_budget, "source": self.memory_budget_source},
-            "layers": self.layer_table(),
-        }
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``network.json``, ``stats.npz`` and ``meta.json`` into ``directory``, atomically."""
-        d = Path(directory)
-        _io.write_npz(d / "stats.npz", **{k: np.asarray(v) for k, v in self.stats._asdict().items()})
-        meta = {"key": self.key, "cotangent": self.cotangent, "prng_impl": self.prng_impl,
-                "seconds": self.seconds, "seeds": self.seeds, "precision": self.precision,
-                "memory_budget": self.memory_budget, "memory_budget_source": self.memory_budget_source}
-        _io.write_json(d / "meta.json", meta)
-        _io.write_json(d / "network.json", self.network.to_dict())
-        return d
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> BlockPropagation:
-        """Read what :meth:`save` wrote; a missing or unreadable file is named in the error."""
-        d = Path(directory)
-        for name in ("network.json", "stats.npz", "meta.json"):
-            if not (d / name).exists():
-                raise FileNotFoundError(f"{d / name} is missing: not a saved BlockPropagation directory")
-        with _io.reading(d / "network.json", "saved network description"):
-            network = Network.from_dict(_io.read_json(d / "network.json"))
-        meta = _io.read_json(d / "meta.json", "saved run metadata")
-        stats = BlockStats(**_io.load_npz(d / "stats.npz", BlockStats._fields, "saved statistics"))
-        seconds = meta.get("seconds")
-        return cls(network, stats, meta.get("key"), meta.get("cotangent", "normal"),
-                   meta.get("prng_impl", "philox2x32"),
-                   float("nan") if seconds is None else float(seconds),
-                   # saved before the precision policy: the backend's default (exact on CPU)
-                   meta.get("precision", "default"),
-                   float("nan") if meta.get("memory_budget") is None else float(meta["memory_budget"]),
-                   meta.get("memory_budget_source", "unknown"))
 
 
 # -- the sampled network --------------------------------------------------------------------------
@@ -563,6 +515,11 @@ def trace_blocks(
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+    if network.tokens is not None:  # a token stream: the attention engine
+        from initjax.engine.attention import trace_attention
+
+        return trace_attention(network, seed, key, inputs=inputs, cotangent=cotangent,
+                               prng_impl=prng_impl, precision=precision)
     seed = check_int("seed", seed, minimum=0)
     precision = check_precision(precision)
     check_choice("cotangent", cotangent, COTANGENTS)
@@ -657,7 +614,10 @@ def propagate_blocks(
     (2, 4)
 
     Args:
-      network: a :class:`~initjax.network.Network` (Dense and Residual blocks).
+      network: a :class:`~initjax.network.Network` (Dense and Residual blocks); one with a token
+        axis (``tokens``, Attention blocks) is measured by
+        :func:`initjax.engine.attention.propagate_attention` and returns its
+        :class:`~initjax.engine.attention.AttentionPropagation`.
       seeds: number of independent networks (>= 1); seed s draws from ``fold_in(key, s)``.
       key: an int seed or a JAX PRNG key.
       inputs: ``(batch, in_width)`` shared by all seeds or ``(seeds, batch, in_width)``; by
@@ -684,6 +644,13 @@ def propagate_blocks(
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+    if network.tokens is not None:  # a token stream: the attention engine
+        from initjax.engine.attention import propagate_attention
+
+        return propagate_attention(
+            network, seeds, key, inputs=inputs, cotangent=cotangent, chunk_size=chunk_size,
+            memory_budget=memory_budget, remat=remat, jit=jit, prng_impl=prng_impl,
+            progress=progress, seed_offset=seed_offset, precision=precision)
     seeds = check_int("seeds", seeds, minimum=1)
     # before anything walks the blocks: a huge seed count or depth is refused with its estimate
     layers = max(len(_block_layers(s.block)) for s in network.stages)
@@ -728,30 +695,12 @@ def propagate_blocks(
 
 def _run(network, cotangent, remat, jit, keys, x, chunk_size, lanes, progress) -> dict[str, np.ndarray]:
     """The statistics of ``keys``' seeds, in compiled chunks (or seed by seed without jit)."""
-    seeds = keys.shape[0]
     impl = str(jax.random.key_impl(keys))
     if jit:
         fn = compiled_program(network, cotangent, remat, x is not None, lanes, impl)
-        key_data = jax.random.key_data(keys)
-        pieces = []
-        show = sys.stderr.isatty() and seeds > chunk_size if progress is None else bool(progress)
-        with _io.progress_bar(total=seeds, desc=network.name, unit="seed", disable=not show) as bar:
-            for lo in range(0, seeds, chunk_size):
-                hi = min(lo + chunk_size, seeds)
-                idx = np.minimum(np.arange(lo, lo + chunk_size), seeds - 1)
-                xs = jnp.zeros((chunk_size,)) if x is None else x[idx]
-                out = fn(key_data[idx], xs, np.int32(hi - lo))
-                pieces.append({k: np.asarray(v)[: hi - lo] for k, v in out.items()})
-                bar.update(hi - lo)
-        stats = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-    else:
-        per = []
-        with jax.disable_jit():
-            for s in range(seeds):
-                out = seed_block_stats(network, cotangent, remat, keys[s], None if x is None else x[s])
-                per.append({k: np.asarray(v) for k, v in out.items()})
-        stats = {k: np.stack([p[k] for p in per]) for k in per[0]}
-    return stats
+        return chunked_seed_stats(fn, keys, x, chunk_size, desc=network.name, progress=progress)
+    return unjitted_seed_stats(lambda k, xs: seed_block_stats(network, cotangent, remat, k, xs),
+                               keys, x)
 
 
 def _check_inputs(network: Network, inputs: Any, seeds: int) -> jax.Array | None:

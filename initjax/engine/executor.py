@@ -50,6 +50,8 @@ __all__ = [
     "device_memory_stats",
     "host_available_memory",
     "lane_loop",
+    "chunked_seed_stats",
+    "unjitted_seed_stats",
     "chunk_capacity",
     "compiled_program",
     "default_lanes",
@@ -156,6 +158,40 @@ def lane_loop(lane_group, keys: jax.Array, x: jax.Array | None, valid, lanes: in
     init = jax.tree.map(lambda v: jnp.zeros((groups, *v.shape), v.dtype), shapes)
     out = jax.lax.fori_loop(0, count, body, init)
     return jax.tree.map(lambda v: v.reshape(groups * lanes, *v.shape[2:]), out)
+
+
+def chunked_seed_stats(fn, keys: jax.Array, x: jax.Array | None, chunk_size: int, *, desc: str,
+                       progress: bool | None) -> dict[str, np.ndarray]:
+    """A block engine's chunk loop: call the compiled chunk program ``fn(key_data, xs, valid)``
+    (:func:`lane_loop` inside) on ``keys``' seeds ``chunk_size`` at a time, the last chunk padded
+    with copies of the last seed (not computed: ``valid`` stops the lane loop; their rows are
+    dropped), and concatenate its ``{name: (seed, ...)}`` outputs on the host. ``x``: per-seed
+    inputs or None. A progress bar shows on a terminal with more than one chunk (``progress``
+    forces it on or off)."""
+    seeds = keys.shape[0]
+    key_data = jax.random.key_data(keys)
+    pieces = []
+    show = sys.stderr.isatty() and seeds > chunk_size if progress is None else bool(progress)
+    with progress_bar(total=seeds, desc=desc, unit="seed", disable=not show) as bar:
+        for lo in range(0, seeds, chunk_size):
+            hi = min(lo + chunk_size, seeds)
+            idx = np.minimum(np.arange(lo, lo + chunk_size), seeds - 1)
+            xs = jnp.zeros((chunk_size,)) if x is None else x[idx]
+            out = fn(key_data[idx], xs, np.int32(hi - lo))
+            pieces.append({k: np.asarray(v)[: hi - lo] for k, v in out.items()})
+            bar.update(hi - lo)
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+
+def unjitted_seed_stats(one, keys: jax.Array, x: jax.Array | None) -> dict[str, np.ndarray]:
+    """``one(key, x_or_None)`` seed by seed without compilation (``jit=False``, for debugging),
+    stacked into ``{name: (seed, ...)}``."""
+    per = []
+    with jax.disable_jit():
+        for s in range(keys.shape[0]):
+            out = one(keys[s], None if x is None else x[s])
+            per.append({k: np.asarray(v) for k, v in out.items()})
+    return {k: np.stack([p[k] for p in per]) for k in per[0]}
 
 
 def chunk_capacity(seeds: int, fits: int) -> int:
