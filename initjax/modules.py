@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from initjax import activations as _activations
 from initjax._checks import check_choice, check_float, check_int
@@ -62,6 +63,9 @@ __all__ = [
     "NetworkModule",
     "DenseLayer",
     "ResidualBlock",
+    "AttentionBlock",
+    "TokenNorm",
+    "attention_weights",
     "scaled_weight_standardization",
 ]
 
@@ -1170,15 +1174,299 @@ class ResidualBlock(nnx.Module):
         return [k for layer in self.branch for k in layer.kernels()]
 
 
+class TokenNorm(nnx.Module):
+    """The attention engine's per-token norm with a trained affine part that starts as identity::
+
+        y = normalize_tokens(norm, x, eps) * scale + bias
+
+    ``normalize_tokens`` (:mod:`initjax.engine.attention`) normalizes each token over its channels
+    (the last axis) in float32 at least: layer norm ``(x - mean) / sqrt(var + eps)`` (two-pass,
+    biased variance) or RMS norm ``x / sqrt(mean(x^2) + eps)``. ``scale`` (``(D,)``, starts at 1)
+    is an ``nnx.Param`` for both; ``bias`` (``(D,)``, starts at 0) for layer norm only (RMS norm
+    has none, as ``nnx.RMSNorm``). Multiplying by 1 and adding 0 are exact, so at initialization
+    the output is bit for bit the engine's, which has no affine part.
+
+    Args:
+      norm: ``"layer"`` or ``"rms"``.
+      width: the channels ``D``.
+      eps: added to the variance (mean square), >= 0.
+      param_dtype: dtype of scale and bias.
+
+    References:
+      Ba, Kiros & Hinton 2016, https://arxiv.org/abs/1607.06450 (layer norm);
+      Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467 (RMS norm).
+    """
+
+    def __init__(self, norm: str, width: int, eps: float, *, param_dtype: Any = jnp.float32):
+        self.norm = check_choice("norm", norm, ("layer", "rms"))
+        self.width = check_int("width", width, minimum=1)
+        self.eps = check_float("eps", eps, minimum=0.0)
+        self.scale = nnx.Param(jnp.ones((self.width,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((self.width,), param_dtype)) if norm == "layer" else None
+
+    def __call__(self, x: Array) -> Array:
+        from initjax.engine.attention import normalize_tokens
+
+        x = jnp.asarray(x)
+        if x.ndim < 1 or x.shape[-1] != self.width:
+            raise ValueError(f"TokenNorm expects {self.width} channels on the last axis, "
+                             f"got shape {x.shape}")
+        y = normalize_tokens(self.norm, x, self.eps)
+        bshape = _broadcast_shape(y.ndim, y.ndim - 1, self.width)
+        y = y * self.scale[...].astype(y.dtype).reshape(bshape)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype).reshape(bshape)
+        return y
+
+
+# the weights of an Attention block: attention_params' names, in its fold_in order j = 0..5
+_ATTENTION_WEIGHTS = ("q", "k", "v", "o", "mlp_in", "mlp_out")
+_ATTENTION_LAYERS = {"q": "query", "k": "key", "v": "value", "o": "out", "mlp_in": "mlp_in",
+                     "mlp_out": "mlp_out"}
+
+
+def _given_kernel(name: str, value: Any, shape: tuple[int, ...]) -> Callable[..., Array]:
+    """A kernel initializer returning ``value`` (checked to have ``shape``), cast to the dtype."""
+    arr = jnp.asarray(value)
+    if arr.shape != shape:
+        raise ValueError(f"attention weight {name!r} must have shape {shape}, got {arr.shape}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"attention weight {name!r} must be a float array, got dtype {arr.dtype}")
+    return lambda key, shape_, dtype=jnp.float32: arr.astype(dtype)
+
+
+class AttentionBlock(nnx.Module):
+    """An :class:`~initjax.network.Attention` block (a transformer block) on ``(batch, T, D)``::
+
+        pre:          x <- x + A Attn(norm_1(x));   x <- x + A MLP(norm_2(x))   (MLP if mlp_width)
+        post:         x <- norm_1(x + A Attn(x));   x <- norm_2(x + A MLP(x))
+        no residual:  x <- Attn(norm_1(x));         x <- MLP(norm_2(x))         (pre)
+                      x <- norm_1(Attn(x));         x <- norm_2(MLP(x))         (post)
+        Attn(X) = concat_h softmax(s Q_h K_h^T [+ causal mask]) V_h W_O,   MLP(u) = phi(u W_1) W_2
+
+    with ``Q = X W_Q`` split into ``H = heads`` heads of ``D / H`` consecutive channels (head ``h``
+    takes channels ``h D/H .. (h+1) D/H - 1``, as the engine's
+    :func:`~initjax.engine.attention.attend` splits them), ``s`` the block's logit scale and
+    the softmax in float32 at least. The kernels are bias-free ``nnx.Linear`` layers ``query``,
+    ``key``, ``value``, ``out`` (``(D, D)``) and, with an MLP, ``mlp_in`` (``(D, mlp_width)``) and
+    ``mlp_out`` (``(mlp_width, D)``), drawn from ``rngs.params`` by the block's initializers
+    (``qk_init`` for Q and K) or given as ``weights``.
+    ``norm_1`` / ``norm_2`` (``attn_norm`` / ``mlp_norm``) are :class:`TokenNorm` modules (scale 1
+    and bias 0 at init: the engine's affine-free norm exactly), absent for ``norm="none"``.
+    ``A`` is the branch scale, one for both sub-blocks as in the engine; with ``learnable`` it is
+    one ``nnx.Param`` ``alpha`` of shape ``()`` shared by them (ReZero's one ``resweight`` per
+    layer).
+
+    Named outputs for :func:`initjax.opprobe.probe_ops`: :func:`initjax.opprobe.tag` marks
+    ``<prefix>attn_input`` (the input of W_Q, W_K, W_V), ``<prefix>attn_probs`` (``P``, ``(batch,
+    H, T, T)``), ``<prefix>attn_heads`` (``concat_h P_h V_h``, the input of W_O),
+    ``<prefix>attn_branch`` (``A Attn``), with an MLP ``<prefix>mlp_input``, ``<prefix>mlp_hidden``
+    (``phi(u W_1)``, the input of W_2) and ``<prefix>mlp_branch``, and ``<prefix>stream`` (the
+    block's output), where ``prefix`` is ``"blocks.<index>."`` (``""`` without ``index``). So a
+    probe gets each weight's gradient ``dL/dW = sum_{b,t} u_bt^T d_bt`` from the tagged input
+    ``u`` and the cotangent ``d`` of the ``dot_general(blocks.<i>.query.kernel)`` record.
+
+    Args:
+      block: the :class:`~initjax.network.Attention` description.
+      width: the stream width ``D`` (``heads`` must divide it).
+      alpha: the branch scale as a number (:meth:`~initjax.network.Network.branch_scale`; 1
+        without residual).
+      weights: None (draw), or a mapping with :func:`~initjax.engine.attention.attention_params`'
+        names ``"q", "k", "v", "o"`` (and ``"mlp_in", "mlp_out"`` with an MLP) to the kernels'
+        values (see :func:`attention_weights`).
+      index: the block's position in its network (names the tags; None: no prefix).
+      param_dtype: dtype of every parameter.
+      rngs: ``nnx.Rngs``; each kernel takes one ``rngs.params()`` key, drawn or not.
+
+    Raises:
+      ValueError: ``heads`` not dividing ``width``; ``weights`` with missing, extra or misshaped
+        entries (named); at call time an input that is not ``(batch, T, width)``.
+
+    References:
+      Vaswani et al. 2017, https://arxiv.org/abs/1706.03762. Xiong et al. 2020 (pre/post norm),
+      https://arxiv.org/abs/2002.04745. Bachlechner et al. 2020 (ReZero),
+      https://arxiv.org/abs/2003.04887.
+    """
+
+    def __init__(self, block: Any, width: int, alpha: float, *,
+                 weights: Mapping[str, Any] | None = None, index: int | None = None,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        from initjax.network import Attention
+
+        if not isinstance(block, Attention):
+            raise TypeError(f"block must be an initjax.network.Attention, "
+                            f"got {type(block).__name__}")
+        self.spec = block
+        self.width = check_int("width", width, minimum=1)
+        block.out_width(self.width)  # heads must divide the width
+        self.logit_scale = block.scale(self.width)
+        self.prefix = "" if index is None else f"blocks.{check_int('index', index, minimum=0)}."
+        m = block.mlp_width
+        shapes = {"q": (width, width), "k": (width, width), "v": (width, width),
+                  "o": (width, width)}
+        if m is not None:
+            shapes.update(mlp_in=(width, m), mlp_out=(m, width))
+        qk = block.init if block.qk_init is None else block.qk_init
+        inits = {"q": qk, "k": qk, "v": block.init, "o": block.init, "mlp_in": block.mlp_init,
+                 "mlp_out": block.mlp_init}
+        if weights is not None:
+            if not isinstance(weights, Mapping):
+                raise TypeError(f"weights must be a mapping of weight names to arrays, "
+                                f"got {type(weights).__name__}")
+            missing = [k for k in shapes if k not in weights]
+            extra = [k for k in weights if k not in shapes]
+            if missing or extra:
+                raise ValueError(f"weights must have exactly the keys {tuple(shapes)} for this "
+                                 f"block; missing {missing}, unexpected {extra}")
+            inits = {k: _given_kernel(k, weights[k], shapes[k]) for k in shapes}
+        for name in _ATTENTION_WEIGHTS:
+            if name in shapes:
+                n_in, n_out = shapes[name]
+                setattr(self, _ATTENTION_LAYERS[name],
+                        nnx.Linear(n_in, n_out, use_bias=False, kernel_init=inits[name],
+                                   param_dtype=param_dtype, rngs=rngs))
+            else:
+                setattr(self, _ATTENTION_LAYERS[name], None)
+        has_norm = block.norm != "none"
+        self.attn_norm = (TokenNorm(block.norm, width, block.norm_eps, param_dtype=param_dtype)
+                          if has_norm else None)
+        self.mlp_norm = (TokenNorm(block.norm, width, block.norm_eps, param_dtype=param_dtype)
+                         if has_norm and m is not None else None)
+        alpha = check_float("alpha", alpha, minimum=0.0)
+        self.alpha = nnx.Param(jnp.asarray(alpha, param_dtype)) if block.learnable else alpha
+
+    def _tag(self, x: Array, name: str) -> Array:
+        return checkpoint_name(x, self.prefix + name)
+
+    def _sub_block(self, x: Array, norm: TokenNorm | None, branch: Callable[[Array], Array],
+                   name: str) -> tuple[Array, Array]:
+        """One residual sub-block around ``branch``: ``(new stream, A branch(.))``."""
+        spec = self.spec
+        pre = spec.norm_position == "pre"
+        u = norm(x) if pre and norm is not None else x
+        alpha = self.alpha[...] if isinstance(self.alpha, nnx.Param) else self.alpha
+        f = self._tag(alpha * branch(self._tag(u, name + "_input")), name + "_branch")
+        total = x + f if spec.residual else f
+        return (norm(total) if not pre and norm is not None else total), f
+
+    def attention(self, u: Array) -> tuple[Array, Array]:
+        """``(Attn(u), P)``: multi-head softmax self-attention (class docstring) and the
+        probabilities ``P`` ``(batch, H, T, T)``."""
+        b, t, d = u.shape
+        split = (b, t, self.spec.heads, d // self.spec.heads)
+        q = self.query(u).reshape(split)
+        k = self.key(u).reshape(split)
+        v = self.value(u).reshape(split)
+        logits = self.logit_scale * jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if self.spec.causal:
+            mask = jnp.tril(jnp.ones((t, t), bool)).reshape(1, 1, t, t)
+            logits = jnp.where(mask, logits, -jnp.inf)
+        p = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+        p = self._tag(p.astype(u.dtype), "attn_probs")
+        o = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(b, t, d)
+        return self.out(self._tag(o, "attn_heads")), p
+
+    def mlp(self, u: Array) -> Array:
+        """``MLP(u) = phi(u W_1) W_2``."""
+        return self.mlp_out(self._tag(self.spec.mlp_activation(self.mlp_in(u)), "mlp_hidden"))
+
+    def forward(self, x: Array, use_running_average: bool | None = None
+                ) -> tuple[Array, dict[str, Array | None]]:
+        """The output and ``{"attention": P, "branch": A Attn(.), "mlp_branch": A MLP(.) or
+        None}``. ``use_running_average`` is accepted for a uniform block interface (no batch
+        norm here)."""
+        del use_running_average
+        x = jnp.asarray(x)
+        if x.ndim != 3 or x.shape[-1] != self.width:
+            raise ValueError(f"an attention block expects (batch, tokens, {self.width}), "
+                             f"got shape {x.shape}")
+        probs = []
+
+        def attn(u):
+            y, p = self.attention(u)
+            probs.append(p)
+            return y
+
+        x, f = self._sub_block(x, self.attn_norm, attn, "attn")
+        g = None
+        if self.spec.mlp_width is not None:
+            x, g = self._sub_block(x, self.mlp_norm, self.mlp, "mlp")
+        return self._tag(x, "stream"), {"attention": probs[0], "branch": f, "mlp_branch": g}
+
+    def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+        return self.forward(x, use_running_average)[0]
+
+    def kernels(self) -> list[Array]:
+        """The kernels W_Q, W_K, W_V, W_O (and W_1, W_2)."""
+        return [getattr(self, _ATTENTION_LAYERS[n]).kernel[...] for n in _ATTENTION_WEIGHTS
+                if getattr(self, _ATTENTION_LAYERS[n]) is not None]
+
+
+def attention_weights(network: Any, seed: int = 0, key: Any = 0, *,
+                      prng_impl: str = "philox2x32") -> list[dict[str, Array]]:
+    """The weights of seed ``seed`` of the attention engine's transformer, block by block.
+
+    :func:`~initjax.engine.attention.propagate_attention` (and ``trace_attention``) draw seed
+    ``s``'s block ``b`` weight ``j`` (``j = 0..5`` for W_Q, W_K, W_V, W_O, W_1, W_2) from
+    ``fold_in(fold_in(weights_key, b), j)``, with ``weights_key`` the weights' key of seed key
+    ``fold_in(base_key(key), s)``; this returns exactly those arrays (equal to
+    ``trace_attention(network, seed, key)["w"]``), to pass as ``build(network,
+    attention_weights=...)``: the built module is then the engine's sampled network.
+
+    Args:
+      network: a :class:`~initjax.network.Network` with ``tokens`` and Attention blocks only.
+      seed: the seed index (>= 0), as in ``propagate_attention(..., seed_offset)``.
+      key: the run's key (an int seed or a typed key), as ``propagate_attention``'s ``key``.
+      prng_impl: the PRNG implementation an int ``key`` becomes.
+
+    Returns:
+      One dict per block: ``"q", "k", "v", "o"`` ``(D, D)`` and, with an MLP, ``"mlp_in"``,
+      ``"mlp_out"``, in the network's dtype.
+
+    Raises:
+      TypeError / ValueError: not a token network of Attention blocks, a bad seed or key.
+
+    >>> from initjax.network import Network
+    >>> net = Network.transformer(depth=2, width=8, heads=2, tokens=4, batch=2)
+    >>> w = attention_weights(net, seed=1)
+    >>> len(w), sorted(w[0]), w[0]["q"].shape
+    (2, ['k', 'o', 'q', 'v'], (8, 8))
+    """
+    from initjax.engine.attention import attention_params
+    from initjax.engine.sampling import base_key, seed_keys, split_seed_key
+
+    _check_token_network(network)
+    seed = check_int("seed", seed, minimum=0)
+    keys = split_seed_key(seed_keys(base_key(key, prng_impl), [seed])[0])
+    return [attention_params(block, keys, b, network.in_width, network.jnp_dtype)
+            for b, block in enumerate(network.blocks)]
+
+
+def _check_token_network(network: Any) -> None:
+    """A token network (``tokens`` set) of Attention blocks only, else a named error."""
+    from initjax.network import Attention, Network
+
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+    if network.tokens is None:
+        raise ValueError("attention weights need a token network (Network(tokens=T)); "
+                         "got tokens=None")
+    for i, block in enumerate(network.blocks):
+        if not isinstance(block, Attention):
+            raise ValueError(f"block {i} is a {block.kind!r} block: a token network "
+                             f"(tokens={network.tokens}) is built from Attention blocks only")
+
+
 class NetworkModule(nnx.Module):
     """A Flax NNX module built from a network description (see :func:`build`)."""
 
     def __init__(self, network: Any, out_features: int | None = None, *,
                  readout_init: InitSpec = "lecun_normal",
                  batchnorm_kwargs: Mapping[str, Any] | None = None,
+                 attention_weights: Sequence[Mapping[str, Any]] | None = None,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         from initjax.config import NetworkConfig
-        from initjax.network import Conv, Dense, Network, Residual
+        from initjax.network import Attention, Conv, Dense, Network, Residual
 
         if isinstance(network, NetworkConfig):
             network = network.network
@@ -1187,6 +1475,16 @@ class NetworkModule(nnx.Module):
                 f"network must be an initjax Network or NetworkConfig, got {type(network).__name__}"
             )
         self.description = network
+        if network.tokens is not None:
+            _check_token_network(network)
+        if attention_weights is not None:
+            if network.tokens is None:
+                raise ValueError("attention_weights are for a token network of Attention blocks; "
+                                 "this network has tokens=None")
+            attention_weights = list(attention_weights)
+            if len(attention_weights) != network.depth:
+                raise ValueError(f"attention_weights must hold one mapping per block "
+                                 f"({network.depth}), got {len(attention_weights)}")
         self.out_features = (
             None if out_features is None else check_int("out_features", out_features, minimum=1)
         )
@@ -1203,6 +1501,11 @@ class NetworkModule(nnx.Module):
                 beta = math.sqrt(stream_variance[i]) if block.beta == "expected" else None
                 blocks.append(ResidualBlock(block, width, network.branch_scale(block), beta=beta,
                                             **common))
+            elif isinstance(block, Attention):
+                alpha = network.branch_scale(block) if block.residual else 1.0
+                blocks.append(AttentionBlock(
+                    block, width, alpha, index=i, param_dtype=param_dtype, rngs=rngs,
+                    weights=None if attention_weights is None else attention_weights[i]))
             else:
                 raise ValueError(
                     f"block {i} is a {block.kind!r} block, which initjax.modules cannot build yet"
@@ -1250,7 +1553,13 @@ class NetworkModule(nnx.Module):
         ``"phi_input"`` (what the activation takes: normalized for a norm placed before, plus
         Fixup's scalar bias) and ``"act"`` (the activation's output). For a preactivation layer
         (``phi`` before ``W``) ``"preact"`` is the layer's output and ``"phi_input"`` / ``"act"``
-        have the layer's input width (see :class:`DenseLayer`)."""
+        have the layer's input width (see :class:`DenseLayer`).
+
+        A token network (``tokens=T``, inputs ``(batch, T, D)``) gives instead, per block,
+        ``"hidden"`` (the stream after it), ``"attention"`` (the probabilities ``(batch, H, T,
+        T)``), ``"branch"`` (``A Attn(.)``, the scaled attention branch) and ``"mlp_branch"``
+        (``A MLP(.)``; None for a block without MLP): the engine's ``trace_attention`` tensors
+        ``"x"``, ``"p"``, ``"branch"`` (see :class:`AttentionBlock`)."""
         x = jnp.asarray(x)
         n0 = self.description.in_width
         spatial = self.description.spatial
@@ -1259,9 +1568,16 @@ class NetworkModule(nnx.Module):
                 raise ValueError(f"the network expects inputs (batch, *spatial, {n0}) of rank "
                                  f"{len(spatial) + 2} (spatial {spatial}, channels last), "
                                  f"got shape {x.shape}")
+        elif self.description.tokens is not None:
+            if x.ndim != 3 or x.shape[-1] != n0:
+                raise ValueError(f"the network expects token inputs (batch, tokens, {n0}), "
+                                 f"got shape {x.shape}")
         elif x.ndim < 1 or x.shape[-1] != n0:
             raise ValueError(f"the network expects inputs (..., {n0}), got shape {x.shape}")
-        inter: dict[str, list[Array]] = {"preact": [], "phi_input": [], "act": [], "hidden": []}
+        inter: dict[str, list[Array]] = (
+            {"hidden": [], "attention": [], "branch": [], "mlp_branch": []}
+            if self.description.tokens is not None
+            else {"preact": [], "phi_input": [], "act": [], "hidden": []})
         for block in self.blocks:
             x, parts = block.forward(x, use_running_average)
             for k, v in parts.items():
@@ -1305,12 +1621,22 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
     *spatial)``, layer and RMS norm over ``(*spatial, C)``), and the readout, if any, follows a
     global average pooling over the spatial axes: ``out = mean_{spatial}(x^L) W_r + b_r``.
 
+    A token network (``Network(tokens=T)``, inputs ``(batch, T, D)``) of
+    :class:`~initjax.network.Attention` blocks becomes one :class:`AttentionBlock` per block
+    (bias-free ``query``/``key``/``value``/``out`` kernels ``(D, D)``, an optional MLP,
+    :class:`TokenNorm` norms whose scale 1 and bias 0 reproduce the engine's affine-free norm);
+    a readout, if any, acts on every token. ``attention_weights=attention_weights(network, seed,
+    key)`` loads the attention engine's weights of that seed instead of drawing them, so the
+    module is the sampled network that :func:`~initjax.engine.attention.propagate_attention`
+    measures.
+
     Args:
       network: an :class:`initjax.network.Network` or :class:`initjax.NetworkConfig`.
       out_features: size of a linear readout after the last block (None: no readout).
       rngs: ``nnx.Rngs``.
       **kwargs: ``readout_init`` (the readout kernel's initializer, ``"lecun_normal"`` by
-        default; its bias is zero), ``batchnorm_kwargs``, ``param_dtype``.
+        default; its bias is zero), ``batchnorm_kwargs``, ``param_dtype``, ``attention_weights``
+        (token networks: one mapping per block, see :func:`attention_weights`).
 
     Returns:
       A :class:`NetworkModule`; ``model(x)`` gives the output, ``model(x,
@@ -1319,7 +1645,9 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
 
     Raises:
       TypeError: ``network`` is not a description. ValueError: a block kind this builder does not
-        know (attention: issue 15), ``out_features < 1``, ``batchnorm_kwargs`` without batch norm.
+        know, a token network with a block that is not Attention (named), ``out_features < 1``,
+        ``batchnorm_kwargs`` without batch norm, ``attention_weights`` of the wrong length or
+        keys or for a network without tokens.
 
     >>> from flax import nnx
     >>> from initjax.network import Dense, Network, Repeat, Residual
