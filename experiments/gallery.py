@@ -40,6 +40,7 @@ FIGURES = {
     "brock2021-spp": ["spp-conv", "spp-bn", "spp-nf"],
     "yang2021-coord-check": ["coord-check-mlp", "coord-check-resmlp"],
     "yang2022-mutransfer": ["width_transfer", "depth_transfer"],
+    "dong2021-rank-collapse": ["rank-collapse"],
 }
 
 

@@ -144,6 +144,13 @@ _REPRODUCTIONS = {
             "Yang et al. 2021 (TP5): coordinate checks, mean |x| per layer vs width over training "
             "steps, SP vs muP, MLP and residual MLP, SGD and Adam; log2-log2 slopes (muP flat).",
         ),
+        Reproduction(
+            "dong2021-rank-collapse",
+            "dong2021_rank_collapse",
+            "Dong et al. 2021: relative residual and token cosine over depth at init for pure "
+            "attention, + skip, + MLP and full pre-LN blocks; pure attention's doubly exponential "
+            "collapse (local exponent near 3); skip connections leave a slow geometric decay.",
+        ),
     )
 }
 
