@@ -1,6 +1,6 @@
 """Mean-field theory of signal propagation at initialization: what the engine is compared with.
 
-Two modules, one entry point:
+Three modules, one entry point:
 
 * :mod:`initjax.theory.meanfield`: plain fully connected networks (Poole et al. 2016, Schoenholz
   et al. 2017): Gaussian quadrature, the variance and correlation maps, their fixed points and
@@ -8,9 +8,12 @@ Two modules, one entry point:
   :func:`~initjax.theory.meanfield.predict` for a :class:`~initjax.config.NetworkConfig`;
 * :mod:`initjax.theory.residual`: residual networks (Yang & Schoenholz 2017, De & Smith 2020,
   NF-ResNets, the 1/sqrt(depth) limit): :func:`~initjax.theory.residual.predict_residual` for any
-  :class:`~initjax.network.Network` of Dense and Residual blocks.
+  :class:`~initjax.network.Network` of Dense and Residual blocks;
+* :mod:`initjax.theory.attention`: transformers with uniform attention at init (Xiong et al.
+  2020's zero queries and keys): :func:`~initjax.theory.attention.predict_attention` for a
+  Network with a token axis, exact in the number of tokens.
 
-:func:`predict` takes either and sends it where it belongs. Every public name of both modules is
+:func:`predict` takes any of them and sends it where it belongs. Every public name of the modules is
 available here (``initjax.theory.variance_map``, ``initjax.theory.predict_residual``, ...).
 
 >>> from initjax.network import Network
@@ -23,6 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 from initjax.network import Network
+from initjax.theory.attention import AttentionPrediction as AttentionPrediction
+from initjax.theory.attention import predict_attention as predict_attention
+from initjax.theory.attention import uniform_attention_matrix as uniform_attention_matrix
+from initjax.theory.attention import xiong_bounds as xiong_bounds
+from initjax.theory.attention import xiong_network as xiong_network
 from initjax.theory.meanfield import DEFAULT_ITERATIONS as DEFAULT_ITERATIONS
 from initjax.theory.meanfield import DEFAULT_NUM as DEFAULT_NUM
 from initjax.theory.meanfield import DEFAULT_NUM_2D as DEFAULT_NUM_2D
@@ -67,6 +75,7 @@ from initjax.theory.residual import residual_depth_limit as residual_depth_limit
 from initjax.theory.residual import yang_schoenholz as yang_schoenholz
 
 __all__ = [
+    "AttentionPrediction",
     "DEFAULT_ITERATIONS",
     "DEFAULT_NUM",
     "DEFAULT_NUM_2D",
@@ -100,6 +109,7 @@ __all__ = [
     "linear_correlation_map",
     "linear_variance_map",
     "predict",
+    "predict_attention",
     "predict_plain",
     "predict_residual",
     "preserving_sigma_w2",
@@ -107,25 +117,34 @@ __all__ = [
     "relu_correlation_map",
     "relu_variance_map",
     "residual_depth_limit",
+    "uniform_attention_matrix",
     "variance_iterates",
     "variance_map",
+    "xiong_bounds",
+    "xiong_network",
     "yang_schoenholz",
 ]
 
 
-def predict(config: Any, *, num: int = DEFAULT_NUM, num_2d: tuple[int, int] = DEFAULT_NUM_2D) -> Prediction | ResidualPrediction:
+def predict(config: Any, *, num: int = DEFAULT_NUM,
+            num_2d: tuple[int, int] = DEFAULT_NUM_2D) -> Prediction | ResidualPrediction | AttentionPrediction:
     """The mean-field prediction for the network that :func:`initjax.propagate` samples.
 
     A :class:`~initjax.config.NetworkConfig` or a plain :class:`~initjax.network.Network` (a stack of
     Dense layers) gets :func:`~initjax.theory.meanfield.predict`'s per-layer :class:`Prediction`;
     any other Network (residual blocks, pre-activation or weight-standardized layers) gets
     :func:`~initjax.theory.residual.predict_residual`'s per-block :class:`ResidualPrediction`
-    (stream second moment ``q``, mean, cosine, branch variance and share, gradient second moment).
+    (stream second moment ``q``, mean, cosine, branch variance and share, gradient second moment);
+    a Network with a token axis (transformers) gets
+    :func:`~initjax.theory.attention.predict_attention`'s :class:`AttentionPrediction` (uniform
+    attention at init: zero query/key weights, logit scale 0, or the wide limit of ``1/d_head``).
 
     Raises:
       ValueError: as the two predictors do (a normalized plain network, an initializer whose
         second moment is unknown, ...).
     """
+    if isinstance(config, Network) and config.tokens is not None:
+        return predict_attention(config, num=num, num_2d=num_2d)
     if isinstance(config, Network) and not config.is_plain:
         return predict_residual(config, num=num, num_2d=num_2d)
     return predict_plain(config, num=num, num_2d=num_2d)
