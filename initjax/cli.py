@@ -86,6 +86,9 @@ def _add_arch_flags(p: argparse.ArgumentParser, transformer: bool = False) -> No
         p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
                        help="transformer: residual blocks (default); --no-residual: pure attention x <- Attn(x)")
         p.add_argument("--causal", action="store_true", help="transformer: causal attention mask")
+        p.add_argument("--qk-init", default=None,
+                       help="transformer: initializer of W_Q and W_K (default: --init); zeros gives "
+                            "uniform attention, which --theory predicts exactly")
     p.add_argument("--branch-layers", type=int, default=1, help="residual: weight layers per branch, 1 or 2")
     p.add_argument("--norm-position", choices=("pre", "post"), default="pre",
                    help="residual: norm inside the branch (pre) or after the add (post)")
@@ -277,7 +280,7 @@ def _cmd_propagate(args: argparse.Namespace) -> int:
     with claim, np.errstate(invalid="ignore", over="ignore"):
         if args.arch == "transformer":
             return _propagate_transformer(args)
-        _refuse_given(args, ("heads", "tokens", "mlp", "residual"), "applies to --arch transformer only")
+        _refuse_given(args, ("heads", "tokens", "mlp", "residual", "qk_init"), "applies to --arch transformer only")
         if args.causal:
             raise ValueError("--causal masks attention and applies to --arch transformer only: "
                              f"--arch {args.arch} has no attention blocks")
@@ -420,10 +423,14 @@ def _transformer_network(args: argparse.Namespace):
     return Network.transformer(
         args.depth, args.width, args.heads, args.tokens, args.batch, mlp=args.mlp,
         residual=args.residual, norm=norm, norm_position=args.norm_position, branch_scale=scale,
-        causal=args.causal, init=args.init, input_variance=args.input_variance,
+        causal=args.causal, init=args.init, qk_init=args.qk_init, input_variance=args.input_variance,
         input_correlation=args.input_correlation)
 
 
+# the attention theory's per-block predictions beside the measured keys (--theory)
+_TRANSFORMER_THEORY = {"act_second_moment": "q", "cosine": "cosine", "branch_var": "branch_var",
+                       "attn_entropy": "attn_entropy", "grad_second_moment": "grad",
+                       "grad_norm_v": "grad_norm_v", "grad_norm_o": "grad_norm_o"}
 _TRANSFORMER_COLUMNS = (("cosine", "cos"), ("rel_residual", "rel res"), ("attn_entropy", "entropy"),
                         ("act_var", "Var[x]"), ("grad_var", "Var[dL/dx]"), ("grad_norm_q", "|dW_Q|"),
                         ("grad_norm_k", "|dW_K|"), ("grad_norm_v", "|dW_V|"), ("grad_norm_o", "|dW_O|"))
@@ -434,7 +441,8 @@ def _propagate_transformer(args: argparse.Namespace) -> int:
 
         initjax propagate --arch transformer --depth L --width D --heads H --tokens T --batch B
             --seeds S [--mlp|--no-mlp] [--residual|--no-residual] [--norm layer|rms|none]
-            [--norm-position pre|post] [--branch-scale A|inv-sqrt-depth] [--causal] [--json]
+            [--norm-position pre|post] [--branch-scale A|inv-sqrt-depth] [--causal] [--qk-init INIT]
+            [--theory] [--json]
 
     Defaults: ``--no-mlp --residual --norm layer --norm-position pre --branch-scale 1``, Q/K/V/O
     weights ``--init lecun_normal`` (variance 1/D); ``--no-residual`` defaults to ``--norm none``
@@ -443,11 +451,20 @@ def _propagate_transformer(args: argparse.Namespace) -> int:
     from initjax import _io
 
     _refuse_given(args, ("in_width", "bias_init", "bins", "method", "devices", "placement",
-                         "branch_layers", "activation", "theory"),
+                         "branch_layers", "activation"),
                   "does not apply to --arch transformer")
     network = _transformer_network(args)
+    prediction = None
+    if args.theory:  # uniform attention only (--qk-init zeros): refused by name otherwise, before any work
+        from initjax import theory
+
+        prediction = theory.predict(network)
     result = _measure_blocks(args, network)
     payload = result.to_json_dict()
+    if prediction is not None:
+        for i, row in enumerate(payload["layers"]):
+            for name, field in _TRANSFORMER_THEORY.items():
+                row[name + "_pred"] = float(getattr(prediction, field)[i])
     if args.json:
         print(json.dumps(_io.json_safe(payload)))
     else:

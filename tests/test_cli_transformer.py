@@ -65,3 +65,21 @@ def test_bad_transformer_flags(capsys, extra, message):
 def test_transformer_flags_refused_elsewhere(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_theory_beside_uniform_attention_and_refused_otherwise(capsys):
+    """``--qk-init zeros --theory``: with W_Q = W_K = 0 attention is uniform, so the predicted
+    entropy is log T exactly and the measured one equals it; a pre-LN block without MLP adds
+    ``A^2 s_v^2 s_o^2 |xbar_norm|^2`` per coordinate: at block 1 from i.i.d. N(0, 1) tokens the
+    normalized mean token has second moment 1/T, so q_1 = 1 + 1/T (1.25 at T = 4, eps aside),
+    which the theory must state. Without --qk-init zeros --theory is refused by name."""
+    out = _run_json(capsys, "--qk-init", "zeros", "--theory")
+    first = out["layers"][0]
+    assert abs(first["attn_entropy"] - math.log(4)) < 1e-5
+    assert abs(first["attn_entropy_pred"] - math.log(4)) < 1e-9
+    assert abs(first["act_second_moment_pred"] - 1.25) < 1e-4
+    assert first["grad_norm_q"] == 0.0 or first["grad_norm_q"] < 1e-6
+    assert main([*BASE, "--theory"]) == 2
+    assert "qk_init='zeros'" in capsys.readouterr().err
+    assert main(["propagate", "--qk-init", "zeros"]) == 2
+    assert "--qk-init applies to --arch transformer only" in capsys.readouterr().err
