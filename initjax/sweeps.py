@@ -33,6 +33,7 @@ from initjax._checks import check_int
 from initjax._precision import check_precision
 from initjax.config import NetworkConfig
 from initjax.engine import BlockPropagation, Propagation, propagate, propagate_shared, shareable
+from initjax.engine.attention import AttentionPropagation
 from initjax.engine.propagation import check_configs
 from initjax.engine.propagation import propagate as engine_propagate
 from initjax.network import Network
@@ -210,11 +211,13 @@ def _descriptions(configs: Iterable[Any]) -> list[NetworkConfig | Network]:
     return configs
 
 
-def _load_entry(directory: Path) -> Propagation | BlockPropagation:
-    """A saved entry: a plain network's :class:`Propagation` (``config.json``) or a residual
-    network's :class:`BlockPropagation` (``network.json``)."""
+def _load_entry(directory: Path) -> Propagation | BlockPropagation | AttentionPropagation:
+    """A saved entry: a plain network's :class:`Propagation` (``config.json``), a residual
+    network's :class:`BlockPropagation` or a token network's :class:`AttentionPropagation`
+    (``network.json``)."""
     if (directory / "network.json").exists():
-        return BlockPropagation.load(directory)
+        tokens = _io.read_json(directory / "network.json", "saved network description").get("tokens")
+        return (BlockPropagation if tokens is None else AttentionPropagation).load(directory)
     return Propagation.load(directory)
 
 

@@ -75,14 +75,18 @@ def test_bad_flags_are_one_line_errors(capsys, argv, message):
 
 
 def test_residual_sweep_resumes_and_loads_per_kind(tmp_path):
+    """Residual, plain and token networks in one sweep: each entry reloads as its own kind."""
     from initjax import NetworkConfig
 
+    from initjax.engine.attention import AttentionPropagation
+
     nets = [Network.residual_mlp(3, 32, batch=4), Network.residual_mlp(3, 32, norm="batch", batch=4, label="bn"),
-            NetworkConfig(depth=3, width=32, batch=4)]
+            NetworkConfig(depth=3, width=32, batch=4), Network.transformer(2, 16, 2, 4, batch=2)]
     first = sweep(nets, seeds=2, out=tmp_path)
     again = sweep(nets, seeds=2, out=tmp_path)  # every entry is loaded back, none is rerun
     loaded = Sweep.load(tmp_path)
-    assert [type(r) for r in loaded] == [BlockPropagation, BlockPropagation, Propagation]
+    assert [type(r) for r in loaded] == [BlockPropagation, BlockPropagation, Propagation,
+                                         AttentionPropagation]
     for a, b, c in zip(first, again, loaded, strict=True):
         np.testing.assert_array_equal(a.stats.act_var, b.stats.act_var)
         np.testing.assert_array_equal(a.stats.act_var, c.stats.act_var)
