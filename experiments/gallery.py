@@ -41,6 +41,8 @@ FIGURES = {
     "yang2021-coord-check": ["coord-check-mlp", "coord-check-resmlp"],
     "yang2022-mutransfer": ["width_transfer", "depth_transfer"],
     "dong2021-rank-collapse": ["rank-collapse"],
+    "noci2022-signal-propagation": ["signal-propagation"],
+    "xiong2020-layernorm": ["gradient-norms"],
 }
 
 

@@ -151,6 +151,20 @@ _REPRODUCTIONS = {
             "attention, + skip, + MLP and full pre-LN blocks; pure attention's doubly exponential "
             "collapse (local exponent near 3); skip connections leave a slow geometric decay.",
         ),
+        Reproduction(
+            "noci2022-signal-propagation",
+            "noci2022_signal_propagation",
+            "Noci et al. 2022: token cosine over depth at init for post-LN, pre-LN and pre-LN with "
+            "1/sqrt(L) branches, beside the uniform-attention theory; the Q/K to V gradient-norm "
+            "ratio vanishes (~ 1 - c) as the input's tokens become equal.",
+        ),
+        Reproduction(
+            "xiong2020-layernorm",
+            "xiong2020_layernorm",
+            "Xiong et al. 2020: Pre-LN vs Post-LN transformers at init (Lemma 2 setting, uniform "
+            "attention): per-layer weight-gradient norms measured beside the mean-field theory, "
+            "Lemma 2's stream bounds, Theorem 1's Post/Pre ratio, and Fig. 3(b)'s values.",
+        ),
     )
 }
 
