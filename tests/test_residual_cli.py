@@ -77,7 +77,6 @@ def test_bad_flags_are_one_line_errors(capsys, argv, message):
 def test_residual_sweep_resumes_and_loads_per_kind(tmp_path):
     """Residual, plain and token networks in one sweep: each entry reloads as its own kind."""
     from initjax import NetworkConfig
-
     from initjax.engine.attention import AttentionPropagation
 
     nets = [Network.residual_mlp(3, 32, batch=4), Network.residual_mlp(3, 32, norm="batch", batch=4, label="bn"),

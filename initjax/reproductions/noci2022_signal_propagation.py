@@ -43,9 +43,10 @@ from initjax import _io, plotting
 from initjax.engine import propagate
 from initjax.network import Network
 from initjax.reproductions import _reports
+from initjax.reproductions.dong2021_rank_collapse import token_cosine_np  # float64, per sequence
 from initjax.theory import predict
 
-__all__ = ["NAME", "ARMS", "CORRELATIONS", "Arm", "network", "draw_inputs", "token_cosine_np",
+__all__ = ["NAME", "ARMS", "CORRELATIONS", "Arm", "network", "draw_inputs",
            "run"]
 
 NAME = "noci2022-signal-propagation"
@@ -107,16 +108,6 @@ def draw_inputs(seeds: int, batch: int, tokens: int, width: int, correlation: fl
     s = rng.standard_normal((seeds, batch, 1, width))
     e = rng.standard_normal((seeds, batch, tokens, width))
     return (np.sqrt(correlation) * s + np.sqrt(1.0 - correlation) * e).astype(np.float32)
-
-
-def token_cosine_np(x: np.ndarray) -> np.ndarray:
-    """The mean over pairs ``t != t'`` of the tokens' cosine, per sequence of ``x`` (..., T, D),
-    in float64, averaged over the sequence axis."""
-    x = np.asarray(x, np.float64)
-    u = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    t = x.shape[-2]
-    g = u @ np.swapaxes(u, -1, -2)
-    return ((g.sum(axis=(-1, -2)) - np.trace(g, axis1=-2, axis2=-1)) / (t * (t - 1))).mean(axis=-1)
 
 
 def run(out: str | Path, *, quick: bool = False, seeds: int | None = None,
