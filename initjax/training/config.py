@@ -269,6 +269,10 @@ class TrainConfig:
                                  f"got norm={self.norm!r}, residual={self.residual!r}")
             if not isinstance(self.readout, bool):
                 raise TypeError(f"readout must be True or False, got {self.readout!r}")
+            if self.network.tokens is not None:
+                raise ValueError(f"the trainer takes networks without a token axis yet; this one has "
+                                 f"tokens={self.network.tokens} (attention blocks): train it through "
+                                 "initjax.modules.build and initjax.training.core for now")
             if self.network.spatial:
                 raise ValueError(f"the trainer takes networks without spatial axes (flattened examples); "
                                  f"this one has spatial={self.network.spatial} (conv blocks): train it "
