@@ -987,12 +987,7 @@ def probe_blocks(
         or a callable ``loss(output) -> scalar``.
       key: PRNG key or int seed (philox2x32) for ``"normal"``.
       use_running_average: None keeps every batch norm's mode; True/False sets it for this probe.
-      precision: the precision of every matmul and convolution of the model's forward and
-        backward pass and of the statistics: ``"highest"`` (None, the default: float32-exact on
-        every backend), ``"high"`` or ``"default"`` (the backend's fastest; on issue 13's H200,
-        TF32-class passes moved the variances of a 10 x 1024 tanh network by 5e-5..1e-4
-        relative, while ``"highest"`` agreed with the CPU to 3e-7..8e-7). The same numbers on
-        CPU for all three. See :mod:`initjax._precision`.
+      precision: the matmul precision, ``"highest"`` by default, as in :func:`probe`.
 
     Returns:
       :class:`~initjax.engine.blocks.BlockPropagation` with a seed axis of size 1 and the model's

@@ -68,13 +68,11 @@ from initjax._precision import DEFAULT_PRECISION, check_precision, matmul_precis
 from initjax.engine.block_results import BlockResult
 from initjax.engine.executor import (
     check_host_memory,
-    check_seed_fits,
-    chunk_capacity,
     chunked_seed_stats,
     default_lanes,
     describe_widths,
     lane_loop,
-    resolve_budget,
+    plan_chunks,
     unjitted_seed_stats,
 )
 from initjax.engine.sampling import (
@@ -664,16 +662,12 @@ def propagate_blocks(
     impl = str(jax.random.key_impl(root))
     x = _check_inputs(network, inputs, seeds)
     per_seed = estimate_memory(network, remat=remat)
-    budget = resolve_budget(memory_budget)
-    lanes = default_lanes()
-    if chunk_size is None:
-        spatial = f", spatial {network.spatial}" if network.spatial else ""
-        check_seed_fits(per_seed, budget, f"{describe_widths(network.widths, 'block')}{spatial}, "
-                                          f"batch {network.batch}", "network")
-        chunk_size = chunk_capacity(seeds, int(budget.nbytes // per_seed))
-    else:
-        chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), seeds)
-    chunk_size = -(-chunk_size // lanes) * lanes
+    spatial = f", spatial {network.spatial}" if network.spatial else ""
+    plan = plan_chunks(seeds, per_seed, chunk_size=chunk_size, memory_budget=memory_budget,
+                       devices=None, impl=impl, noun="network",
+                       what=f"{describe_widths(network.widths, 'block')}{spatial}, batch {network.batch}")
+    budget, lanes = plan.budget, default_lanes()
+    chunk_size = -(-plan.chunk_size // lanes) * lanes
 
     start = time.perf_counter()
     keys = seed_keys(root, np.arange(seed_offset, seed_offset + seeds))

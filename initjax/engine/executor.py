@@ -424,18 +424,20 @@ def plan_chunks(
     devices: int | str | None,
     impl: str,
     what: str,
+    noun: str = "config",
 ) -> ChunkPlan:
     """``(seeds per compiled call, devices, budget)`` for ``seeds`` seeds of ``per_seed`` bytes.
 
     Without ``chunk_size``: each device's share of the seeds rounded up to a power of two, at most
     what the budget (:func:`resolve_budget`, per device) holds (:func:`chunk_capacity`). A chunk
     then holds that many seeds on every device. ``what`` describes the network in the MemoryError
-    raised when one seed exceeds the budget (:func:`check_seed_fits`).
+    raised when one seed exceeds the budget (:func:`check_seed_fits`, "one seed of this
+    ``noun``"). The block engines call it with ``devices=None`` (one device).
     """
     n_devices = device_count(devices, impl)
     budget = resolve_budget(memory_budget, jax.devices()[:n_devices])
     if chunk_size is None:
-        check_seed_fits(per_seed, budget, what)
+        check_seed_fits(per_seed, budget, what, noun)
         # per device: each device's share of the seeds, rounded up (the budget is per device)
         chunk_size = chunk_capacity(-(-seeds // n_devices), int(budget.nbytes // per_seed))
     else:
