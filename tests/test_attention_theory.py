@@ -31,14 +31,16 @@ D, T, B, SEEDS, L = 256, 8, 4, 4, 3
 
 
 def _causal_then_no_skip():
-    # L causal pre-LN blocks, then one non-causal block without skip: every token the same after it
-    causal = Attention(heads=4, qk_init="zeros", causal=True, alpha=0.7)
+    # L causal pre-LN blocks with a GELU MLP (tokens not exchangeable: each pair its own kernel
+    # map), then one non-causal block without skip: every token the same after it
+    causal = Attention(heads=4, qk_init="zeros", causal=True, alpha=0.7, mlp_width=2 * D,
+                       mlp_activation="gelu")
     no_skip = Attention(heads=4, qk_init="zeros", residual=False, norm_position="post")
     return Network(D, (Repeat(causal, L - 1), Repeat(no_skip, 1)), batch=B, tokens=T, input_correlation=0.2)
 
 
 CASES = {  # pre and post, with and without MLP, causal, no skip; 3 compiled programs
-    "causal pre-LN, c0=0.2, A=0.7, then no skip": _causal_then_no_skip,
+    "causal pre-LN + GELU MLP, c0=0.2, A=0.7, then no skip": _causal_then_no_skip,
     "Xiong post-LN, relu MLP": lambda: xiong_network(L, D, T, B, norm_position="post"),
     "Xiong pre-LN, relu MLP": lambda: xiong_network(L, D, T, B),
 }
@@ -180,7 +182,38 @@ def test_no_skip_collapses_to_one_token_exactly(case):
         return
     np.testing.assert_allclose(np.asarray(stats.cosine)[:, -1], 1.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(stats.rel_residual)[:, -1], 0.0, atol=1e-5)
-    assert pred.cosine[-1] == 1.0 and (pred.cosine[:-1] < 0.9).all()
+    assert abs(pred.cosine[-1] - 1.0) < 1e-12 and (pred.cosine[:-1] < 0.9).all()
+
+
+@pytest.mark.parametrize("c0", [0.0, 0.3])
+def test_causal_block_with_relu_mlp_by_hand(c0):
+    # one causal pre-LN block (eps 0) with a ReLU MLP: the MLP sees tokens of different
+    # correlations, and each pair follows the arc-cosine kernel (Cho & Saul 2009):
+    # E relu(h) relu(h') = s1 (sqrt(1 - r^2) + (pi - arccos r) r) / (2 pi), E relu' relu' =
+    # (pi - arccos r) / (2 pi), for h, h' of variance s1 and correlation r.
+    t, d, m = 5, 64, 128
+    net = Network.transformer(1, d, 1, t, qk_init="zeros", causal=True, mlp=True, mlp_width=m,
+                              mlp_activation="relu", init="glorot_normal", mlp_init="he_normal",
+                              norm_eps=0.0, input_correlation=c0)
+    p = predict_attention(net)
+    k0 = (1 - c0) * np.eye(t) + c0 * np.ones((t, t))
+    pm = uniform_attention_matrix(t, causal=True)
+    k1 = k0 + pm @ k0 @ pm.T  # glorot (d, d): sigma_v^2 = sigma_o^2 = 1
+    n = np.sqrt(np.diag(k1))
+    r = np.clip(k1 / np.outer(n, n), -1, 1)
+    s1, s2 = 2.0, 2.0  # he_normal: d Var W_1 = d (2/d), m Var W_2 = m (2/m)
+    kf = s2 * s1 * (np.sqrt(1 - r**2) + (np.pi - np.arccos(r)) * r) / (2 * np.pi)
+    k2 = k1 + kf
+    assert np.ptp(r[~np.eye(t, dtype=bool)]) > 0.05  # the tokens' correlations differ
+    np.testing.assert_allclose(p.mlp_branch_var[0], np.mean(np.diag(kf)), rtol=1e-9)
+    np.testing.assert_allclose(p.q[0], np.mean(np.diag(k2)), rtol=1e-9)
+    cos = k2 / np.sqrt(np.outer(np.diag(k2), np.diag(k2)))
+    np.testing.assert_allclose(p.cosine[0], cos[~np.eye(t, dtype=bool)].mean(), rtol=1e-9)
+    np.testing.assert_allclose(p.cov[0], k2, rtol=1e-9)
+    # W_2's gradient: E||dL/dW_2||^2 = B m d sum_tt' (Phi o G)_tt' with G = I at the output
+    phi = s1 * (np.sqrt(1 - r**2) + (np.pi - np.arccos(r)) * r) / (2 * np.pi)
+    np.testing.assert_allclose(p.grad_norm_mlp_out[0], math.sqrt(net.batch * m * d * np.trace(phi)),
+                               rtol=1e-9)
 
 
 # -- dispatch, wide limit, errors --------------------------------------------------------------------
@@ -196,8 +229,6 @@ def test_theory_predict_dispatches_token_networks():
 def test_bad_networks_are_named():
     with pytest.raises(ValueError, match="logit_scale='1/sqrt"):
         predict_attention(Network.transformer(2, 64, 1, 4))  # O(1) logits: not uniform
-    with pytest.raises(ValueError, match="causal"):
-        predict_attention(Network.transformer(2, 64, 1, 4, qk_init="zeros", causal=True, mlp=True))
     with pytest.raises(ValueError, match="tokens"):
         predict_attention(Network.residual_mlp(2, 64))
     with pytest.raises(TypeError, match="Network"):

@@ -26,11 +26,12 @@ m E[W_2^2]`` (``m`` the MLP width) the maps are:
   (``q_u``, ``k_u`` the normalized tokens' diagonal and off-diagonal): the mean token has
   squared norm ``k_u D`` plus the finite-``T`` term ``(q_u - k_u) D / T``, and the branch is the
   same vector for all tokens.
-* MLP branch ``phi(u W_1) W_2`` (non-causal: exchangeable tokens): with ``h ~ N(0, sigma_1^2
-  K_u)`` per hidden unit, ``K_f = A^2 sigma_2^2 Phi``, ``Phi_tt' = E phi(h_t) phi(h_t')``
-  (:func:`initjax.theory.gaussian_expectation` / ``gaussian_expectation_2d``, the mean-field
-  kernel maps of Poole et al. 2016); the zero-mean ``W_2`` makes the output's mean 0, while
-  ``Phi`` keeps ``(E phi)^2`` off the diagonal.
+* MLP branch ``phi(u W_1) W_2``: with ``h ~ N(0, sigma_1^2 K_u)`` per hidden unit, ``K_f = A^2
+  sigma_2^2 Phi``, ``Phi_tt' = E phi(h_t) phi(h_t')`` (:func:`initjax.theory.gaussian_expectation`
+  / ``gaussian_expectation_2d``, the mean-field kernel maps of Poole et al. 2016), pair by pair
+  with each pair's own variances and correlation: after causal attention the tokens are not
+  exchangeable (token ``t`` averages ``t`` tokens); the zero-mean ``W_2`` makes the output's
+  mean 0, while ``Phi`` keeps ``E phi(h_t) E phi(h_t')`` off the diagonal.
 * residual sum: the branch's last weights are zero-mean and independent of ``x``, so
   ``K' = K + K_f`` (pre: ``x + A f(norm(x))``; post: ``norm(x + A f(x))``: the norm acts on
   the sum ``S = K + K_f``); without residual ``K' = K_f`` (then ``norm(K_f)`` for post).
@@ -187,31 +188,48 @@ def _norm(kind: str, eps: float, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 @functools.cache
-def _mlp_moments_fn(act, num: int, num_2d: tuple[int, int]) -> Any:
-    """A jitted ``(q, rho) -> [E phi^2, E phi_t phi_t', E phi'^2, E phi'_t phi'_t']`` for
-    ``h ~ N(0, q [[1, rho], [rho, 1]])``, compiled once per activation and rule size."""
+def _pair_moments_fn(act, num: int, num_2d: tuple[int, int]) -> Any:
+    """A jitted ``(s, s', rho) -> [E phi(h) phi(h'), E phi'(h) phi'(h')]`` for ``h = s z``,
+    ``h' = s' z'`` with ``(z, z')`` unit Gaussians of correlation ``rho`` (``rho = 1`` and ``s =
+    s'``: the one-dimensional rule, ``E phi(h)^2``), compiled once per activation and rule size."""
 
     def dphi(u):
         return jax.jvp(act, (u,), (jnp.ones_like(u),))[1]
 
-    def fn(q, rho):
-        return jnp.stack([gaussian_expectation(lambda u: act(u) ** 2, q, num),
-                          gaussian_expectation_2d(lambda a, b: act(a) * act(b), q, rho, num_2d),
-                          gaussian_expectation(lambda u: dphi(u) ** 2, q, num),
-                          gaussian_expectation_2d(lambda a, b: dphi(a) * dphi(b), q, rho, num_2d)])
+    def fn(s1, s2, rho, diagonal):
+        one = jnp.ones((), s1.dtype)
+        pair = jnp.stack([
+            gaussian_expectation_2d(lambda a, b: act(s1 * a) * act(s2 * b), one, rho, num_2d),
+            gaussian_expectation_2d(lambda a, b: dphi(s1 * a) * dphi(s2 * b), one, rho, num_2d)])
+        diag = jnp.stack([gaussian_expectation(lambda u: act(s1 * u) ** 2, one, num),
+                          gaussian_expectation(lambda u: dphi(s1 * u) ** 2, one, num)])
+        return jnp.where(diagonal, diag, pair)
 
     return jax.jit(fn)
 
 
-def _mlp_moments(act, q: float, rho: float, num: int, num_2d) -> tuple[float, ...]:
-    rho = min(max(rho, -1.0), 1.0)
+def _mlp_kernels(act, k_h: np.ndarray, num: int, num_2d) -> tuple[np.ndarray, np.ndarray]:
+    """``(Phi, Psi)``, ``Phi_tt' = E phi(h_t) phi(h_t')`` and ``Psi_tt' = E phi'(h_t) phi'(h_t')``
+    for one hidden unit's tokens ``h ~ N(0, k_h)`` (``T x T``), pair by pair: any token
+    covariance (causal attention makes the tokens' variances and correlations differ); pairs with
+    the same ``(K_tt, K_t't', K_tt')`` are computed once (all of them for exchangeable tokens)."""
+    t = k_h.shape[0]
+    s = np.sqrt(np.maximum(np.diag(k_h), 0.0))
+    phi, psi = np.empty((t, t)), np.empty((t, t))
+    fn, done = _pair_moments_fn(act, num, tuple(num_2d)), {}
     with jax.enable_x64(True):
-        vals = _mlp_moments_fn(act, num, tuple(num_2d))(np.float64(q), np.float64(rho))
-        return tuple(float(x) for x in vals)
-
-
-def _exchangeable(e_diag: float, e_off: float, t: int) -> np.ndarray:
-    return np.full((t, t), e_off) + np.eye(t) * (e_diag - e_off)
+        for i in range(t):
+            for j in range(i, t):
+                with np.errstate(all="ignore"):
+                    rho = k_h[i, j] / (s[i] * s[j]) if s[i] > 0 and s[j] > 0 else 0.0
+                rho = min(max(float(rho), -1.0), 1.0)
+                key = (float(s[i]), float(s[j]), rho, i == j)
+                if key not in done:
+                    done[key] = np.asarray(fn(np.float64(s[i]), np.float64(s[j]), np.float64(rho),
+                                              i == j), np.float64)
+                phi[i, j] = phi[j, i] = done[key][0]
+                psi[i, j] = psi[j, i] = done[key][1]
+    return phi, psi
 
 
 def _mean_cosine(k: np.ndarray) -> float:
@@ -246,11 +264,6 @@ def _check(network: Network) -> bool:
             f"stages[{i}]: attention at init is uniform only with qk_init='zeros', logit_scale=0 or (in the "
             f"wide limit) logit_scale='1/d_head'; got qk_init={getattr(qk, 'spec', qk)!r}, "
             f"logit_scale={block.logit_scale!r}, whose logits stay O(1)")
-    for i, stage in enumerate(network.stages):
-        if stage.block.causal and stage.block.mlp_width is not None:
-            raise ValueError(f"stages[{i}]: a causal block with an MLP is not predicted (the tokens' "
-                             "variances differ, and the MLP's kernel map is implemented for exchangeable "
-                             "tokens); use causal=False or no MLP")
     return exact
 
 
@@ -296,7 +309,7 @@ def predict_attention(network: Network, *, final_norm: str | None = None, num: i
     Raises:
       TypeError: if ``network`` is not a Network.
       ValueError: no token axis, a non-Attention block, attention that is not uniform at init,
-        a causal block with an MLP, or a user-function initializer (its second moment is unknown).
+        or a user-function initializer (its second moment is unknown).
     """
     exact = _check(network)
     if final_norm is not None:
@@ -341,11 +354,7 @@ def predict_attention(network: Network, *, final_norm: str | None = None, num: i
             s2 = m * _second_moment(block.mlp_init, (m, d), f"{where}.mlp_init")
 
             def mlp(ku, s1=s1, s2=s2):
-                q_u, k_off = float(np.mean(np.diag(ku))), float(ku[0, 1]) if t > 1 else 0.0
-                q_h = s1 * q_u
-                rho = k_off / q_u if q_u > 0 else 1.0
-                e2, e12, d2, d12 = _mlp_moments(block.mlp_activation, q_h, rho, num, num_2d)
-                phi, psi = _exchangeable(e2, e12, t), _exchangeable(d2, d12, t)
+                phi, psi = _mlp_kernels(block.mlp_activation, s1 * ku, num, num_2d)
                 return s2 * phi, {"phi": phi, "psi": psi, "s1": s1, "s2": s2, "m": m}
 
             k, k_f2, total = sub_block(k, mlp, "mlp")
