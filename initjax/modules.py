@@ -1464,6 +1464,8 @@ class NetworkModule(nnx.Module):
                  readout_init: InitSpec = "lecun_normal",
                  batchnorm_kwargs: Mapping[str, Any] | None = None,
                  attention_weights: Sequence[Mapping[str, Any]] | None = None,
+                 embed_features: int | None = None, embed_init: InitSpec = "lecun_normal",
+                 position_std: float = 1.0,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         from initjax.config import NetworkConfig
         from initjax.network import Attention, Conv, Dense, Network, Residual
@@ -1477,6 +1479,16 @@ class NetworkModule(nnx.Module):
         self.description = network
         if network.tokens is not None:
             _check_token_network(network)
+        if embed_features is not None:  # the token stem's arguments, checked before any drawing
+            if network.tokens is None:
+                raise ValueError(f"embed_features={embed_features!r} is for a token network "
+                                 "(Network(tokens=T)); this network has tokens=None")
+            embed_features = check_int("embed_features", embed_features, minimum=1)
+            position_std = check_float("position_std", position_std, minimum=0.0)
+        elif position_std != 1.0 or embed_init != "lecun_normal":
+            raise ValueError("embed_init and position_std set the token stem, which needs "
+                             f"embed_features; got embed_features=None, embed_init={embed_init!r}, "
+                             f"position_std={position_std!r}")
         if attention_weights is not None:
             if network.tokens is None:
                 raise ValueError("attention_weights are for a token network of Attention blocks; "
@@ -1518,6 +1530,31 @@ class NetworkModule(nnx.Module):
             if self.out_features is not None
             else None
         )
+        # the token stem, drawn after the blocks and the readout so that these are the same
+        # arrays with or without it
+        embed, positions = None, None
+        if embed_features is not None:
+            embed = nnx.Linear(embed_features, network.in_width, use_bias=False,
+                               kernel_init=_resolve_init("embed_init", embed_init),
+                               param_dtype=param_dtype, rngs=rngs)
+            shape = (network.tokens, network.in_width)
+            positions = nnx.Param(
+                position_std * jax.random.normal(rngs.params(), shape, param_dtype))
+        self.embed_features = embed_features
+        self.embed = embed
+        self.positions = positions
+
+    def stem(self, x: Array) -> Array:
+        """The stream entering block 0: ``x W_e + positions`` for raw tokens ``x`` ``(batch, T,
+        embed_features)`` with the stem (see :func:`build`), else ``x`` itself."""
+        x = jnp.asarray(x)
+        if self.embed is None:
+            return x
+        t, f = self.description.tokens, self.embed_features
+        if x.ndim != 3 or x.shape[1:] != (t, f):
+            raise ValueError(f"the token stem expects raw tokens (batch, {t}, {f}) (tokens, "
+                             f"embed_features), got shape {x.shape}")
+        return self.embed(x) + self.positions[...].astype(x.dtype)[None]
 
     def lr_multipliers(self) -> Any:
         """The learning-rate multiplier of every parameter, a tree shaped like
@@ -1560,7 +1597,7 @@ class NetworkModule(nnx.Module):
         T)``), ``"branch"`` (``A Attn(.)``, the scaled attention branch) and ``"mlp_branch"``
         (``A MLP(.)``; None for a block without MLP): the engine's ``trace_attention`` tensors
         ``"x"``, ``"p"``, ``"branch"`` (see :class:`AttentionBlock`)."""
-        x = jnp.asarray(x)
+        x = self.stem(x)
         n0 = self.description.in_width
         spatial = self.description.spatial
         if spatial:
@@ -1630,13 +1667,28 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
     module is the sampled network that :func:`~initjax.engine.attention.propagate_attention`
     measures.
 
+    The token stem (``embed_features=F``, token networks only): the module then takes raw tokens
+    ``x: (batch, T, F)`` and the stream entering block 0 is ``x W_e + P`` (:meth:`NetworkModule.stem`),
+    with ``W_e: (F, D)`` a bias-free ``nnx.Linear`` ``embed`` drawn by ``embed_init`` and ``P:
+    (T, D)`` the trained ``nnx.Param`` ``positions``, entries i.i.d. ``N(0, position_std^2)``. The
+    default ``position_std=1`` makes ``P`` alone the attention engine's input stream (tokens
+    i.i.d. N(0, 1), token cosine ~0), so a sequence whose tokens are alike (digits' rows) does
+    not start rank-collapsed; with ``embed_init="lecun_normal"`` (variance ``1/F``) and
+    standardized inputs ``x W_e`` has variance ~1 per entry too, so the stream's variance is
+    ``E[x^2] + position_std^2 ~ 2`` (a pre-norm block rescales it; ``position_std=0``: no
+    positional information at initialization, still trained). The stem is drawn after the blocks
+    and the readout, which are therefore the same arrays with or without it. Without
+    ``embed_features`` (None, the default) inputs are the stream ``(batch, T, D)`` itself.
+
     Args:
       network: an :class:`initjax.network.Network` or :class:`initjax.NetworkConfig`.
       out_features: size of a linear readout after the last block (None: no readout).
       rngs: ``nnx.Rngs``.
       **kwargs: ``readout_init`` (the readout kernel's initializer, ``"lecun_normal"`` by
         default; its bias is zero), ``batchnorm_kwargs``, ``param_dtype``, ``attention_weights``
-        (token networks: one mapping per block, see :func:`attention_weights`).
+        (token networks: one mapping per block, see :func:`attention_weights`), and for a
+        token network's stem ``embed_features`` (F, None: no stem), ``embed_init`` (an initjax
+        initializer spec, default ``"lecun_normal"``) and ``position_std`` (>= 0, default 1).
 
     Returns:
       A :class:`NetworkModule`; ``model(x)`` gives the output, ``model(x,
@@ -1647,7 +1699,8 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
       TypeError: ``network`` is not a description. ValueError: a block kind this builder does not
         know, a token network with a block that is not Attention (named), ``out_features < 1``,
         ``batchnorm_kwargs`` without batch norm, ``attention_weights`` of the wrong length or
-        keys or for a network without tokens.
+        keys or for a network without tokens, ``embed_features`` / ``embed_init`` /
+        ``position_std`` without a token stem, ``position_std < 0``.
 
     >>> from flax import nnx
     >>> from initjax.network import Dense, Network, Repeat, Residual

@@ -90,6 +90,7 @@ __all__ = [
     "AttentionStats",
     "TOKEN_COTANGENTS",
     "attend",
+    "attention_entropy",
     "attention_params",
     "compiled_program",
     "draw_tokens",
@@ -259,7 +260,10 @@ def rel_residual(x: jax.Array) -> jax.Array:
     return (norm_1inf(res) / norm_1inf(xf)).mean()
 
 
-def _entropy(p: jax.Array) -> jax.Array:
+def attention_entropy(p: jax.Array) -> jax.Array:
+    """The mean entropy of the attention rows, ``-sum_j P_ij log P_ij`` in nats (``0 log 0 = 0``),
+    over every leading axis (sequences, heads, queries) of ``p`` ``(..., T, T)``: ``log T`` for
+    uniform attention, 0 for one-hot rows."""
     pf = p.astype(jnp.float32)
     return -jnp.where(pf > 0, pf * jnp.log(jnp.where(pf > 0, pf, 1.0)), 0.0).sum(axis=-1).mean()
 
@@ -350,7 +354,7 @@ def seed_attention_stats(network: Network, cotangent: str, remat: bool, seed_key
                 stats["nonfinite"] = (out.size - count).astype(jnp.int32)
                 stats["cosine"] = token_cosine(out)
                 stats["rel_residual"] = rel_residual(out)
-                stats["attn_entropy"] = _entropy(p)
+                stats["attn_entropy"] = attention_entropy(p)
                 stats["branch_var"] = finite_moments(f)[1]
                 stats["mlp_branch_var"] = nan if g is None else finite_moments(g)[1]
             return out + probes["out"], (stats, ins)

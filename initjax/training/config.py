@@ -34,7 +34,10 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "exponential")
 # Fields that enter the training program as data (one value per arm), not as code.
 NUMERIC_FIELDS = ("learning_rate", "momentum", "b1", "b2", "eps", "decay_rate", "final_lr_fraction")
 # Fields that only decide the initial parameters (drawn once per config before training).
-INIT_FIELDS = ("kernel_init", "bias_init")
+INIT_FIELDS = ("kernel_init", "bias_init", "embed_init", "position_std")
+# Fields omitted from to_dict() at their default, so that configs written before they existed
+# keep their run identity (the run folder's hash).
+_OMITTED_AT_DEFAULT = {"readout": True, "embed_init": None, "position_std": 1.0}
 _BN_PRESETS = {"flax": (0.99, "biased"), "pytorch": (0.1, "unbiased")}
 
 
@@ -79,13 +82,16 @@ class TrainConfig:
     - ``"constant"``: ``eta``.
     - ``"cosine"``: ``eta (f + (1 - f) (1 + cos(pi t / T)) / 2)``, ``f = final_lr_fraction``.
     - ``"warmup_cosine"``: linear from 0 to ``eta`` over ``warmup_steps``, then cosine to
-      ``f eta`` at ``T`` (``optax.warmup_cosine_decay_schedule``).
+      ``f eta`` at ``T`` (``optax.warmup_cosine_decay_schedule``). With ``final_lr_fraction=1``
+      it is linear warm-up then constant, ``eta_t = eta min(t / w, 1)`` (the first update, at
+      ``t = 0``, has rate 0): the warm-up arm of Xiong et al. 2020 (the constant arm is
+      ``"constant"``).
     - ``"step"``: ``eta decay_rate^floor(t / decay_every)``.
     - ``"exponential"``: ``eta decay_rate^(t / decay_every)``.
 
     Attributes:
       label: the name shown in results and plots ("" gives ``"config <i>"``).
-      model: ``"mlp"`` or ``"cnn"``.
+      model: ``"mlp"``, ``"cnn"`` or ``"network"`` (a description in ``network``).
       widths: hidden widths (MLP) or conv channels (CNN), one per layer.
       activation: :mod:`initjax.activations` spec (``"tanh"``, ``"leaky_relu:negative_slope=0.1"``)
         or ``"prelu_learned"`` (``"prelu_learned:init_slope=0.25"``) for learnable PReLU slopes.
@@ -122,7 +128,8 @@ class TrainConfig:
       bn_running_var: ``"biased"`` / ``"unbiased"`` (None: the convention's).
       bn_epsilon: batch-norm epsilon.
       network: with ``model="network"``, the :class:`initjax.network.Network` to train (its
-        ``in_width`` must be the flattened example size); it states the layers, so ``widths``,
+        ``in_width`` must be the flattened example size; a token network's is the stream width,
+        see below); it states the layers, so ``widths``,
         ``activation``, ``bias_init``, ``norm``, ``norm_placement`` and ``residual`` are not used,
         and ``kernel_init`` draws the linear readout. Records' ``layer`` axis is then the block
         axis: activation statistics of each block's last Dense layer, gradient norms over each
@@ -132,6 +139,23 @@ class TrainConfig:
         the number of classes), as a parametrized network does
         (:func:`initjax.parametrization.mlp` ends in its muP/SP readout). JSON omits it when True,
         so older configs keep their run identity.
+      embed_init: token networks only: the initializer spec of the token embedding ``W_e``
+        (None: ``kernel_init``).
+      position_std: token networks only: the standard deviation (>= 0) of the learned
+        positional embedding's entries at initialization (default 1).
+
+    Token networks (``model="network"`` with ``Network(tokens=T)`` of
+    :class:`~initjax.network.Attention` blocks, e.g. :meth:`~initjax.network.Network.transformer`;
+    ``network.in_width`` is the stream width ``D``): each example (any shape of ``T F`` values,
+    ``(T, F)`` or flattened ``(T F,)``: digits' 64 pixels with ``T = 8`` are 8 rows of 8 pixels)
+    is read as ``T`` tokens ``x_t`` of ``F`` features, and the stream entering block 0 is
+    ``x_t W_e + p_t`` (:func:`initjax.modules.build` with ``embed_features=F``: ``W_e: (F, D)``
+    bias-free from ``embed_init``, ``p: (T, D)`` trained, drawn N(0, ``position_std^2``)). The
+    labels' shape decides the task: ``y: (n,)`` one class per sequence, the readout acting on the
+    token mean of the last stream, ``logits = mean_t(x^L_t) W_r + b_r``; ``y: (n, T)`` one class
+    per token, ``logits_t = x^L_t W_r + b_r``, the loss the mean cross-entropy over sequences and
+    tokens and accuracy the fraction of tokens right. ``readout=False`` is refused. Attention
+    blocks have no learning-rate multipliers (all 1).
 
     Raises:
       ValueError, TypeError: for any bad value; the message names the field and what is allowed.
@@ -170,6 +194,8 @@ class TrainConfig:
     bn_epsilon: float = 1e-5
     network: Network | None = None
     readout: bool = True
+    embed_init: str | None = None
+    position_std: float = 1.0
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -269,10 +295,10 @@ class TrainConfig:
                                  f"got norm={self.norm!r}, residual={self.residual!r}")
             if not isinstance(self.readout, bool):
                 raise TypeError(f"readout must be True or False, got {self.readout!r}")
-            if self.network.tokens is not None:
-                raise ValueError(f"the trainer takes networks without a token axis yet; this one has "
-                                 f"tokens={self.network.tokens} (attention blocks): train it through "
-                                 "initjax.modules.build and initjax.training.core for now")
+            if self.network.tokens is not None and not self.readout:
+                raise ValueError(f"readout=False is not available for a token network (tokens="
+                                 f"{self.network.tokens}): its last block is an attention block of "
+                                 "the stream's width, not a readout; use readout=True")
             if self.network.spatial:
                 raise ValueError(f"the trainer takes networks without spatial axes (flattened examples); "
                                  f"this one has spatial={self.network.spatial} (conv blocks): train it "
@@ -280,6 +306,18 @@ class TrainConfig:
         elif self.readout is not True:
             raise ValueError(f"readout={self.readout!r} needs model='network' (the other models "
                              "always end in a linear readout)")
+        tokens = self.network is not None and self.network.tokens is not None
+        if self.embed_init is not None:
+            if not tokens:
+                raise ValueError(f"embed_init={self.embed_init!r} needs a token network "
+                                 "(model='network' with Network(tokens=T)): it draws the token "
+                                 "embedding W_e")
+            initializers.get(_check_spec_string("embed_init", self.embed_init))
+        put("position_std", check_float("position_std", self.position_std, minimum=0.0))
+        if self.position_std != 1.0 and not tokens:
+            raise ValueError(f"position_std={self.position_std} needs a token network "
+                             "(model='network' with Network(tokens=T)): it draws the positional "
+                             "embedding")
         if self.uses_batchnorm and self.batch_size < 2:
             raise ValueError("batch norm needs batch_size >= 2 (batch statistics of one example)")
         put("record_every", check_int("record_every", self.record_every, minimum=1))
@@ -316,7 +354,8 @@ class TrainConfig:
             f.name: list(v) if isinstance(v, tuple) else v.to_dict() if isinstance(v, Network) else v
             for f in dataclasses.fields(self)
             for v in [getattr(self, f.name)]
-            if not (f.name == "readout" and v is True)  # older configs keep their run identity
+            if not (f.name in _OMITTED_AT_DEFAULT and v == _OMITTED_AT_DEFAULT[f.name]
+                    and type(v) is type(_OMITTED_AT_DEFAULT[f.name]))
         }
 
     @classmethod
@@ -365,9 +404,15 @@ class TrainConfig:
         """The network for inputs of shape ``in_shape`` (one example) and ``num_classes`` outputs.
 
         Args:
-          in_shape: ``(features,)`` or ``(H, W, C)``; an MLP takes ``prod(in_shape)`` features.
+          in_shape: ``(features,)`` or ``(H, W, C)``; an MLP takes ``prod(in_shape)`` features. A
+            token network (``Network(tokens=T)``) takes any shape of ``T F`` values, read as ``T``
+            tokens of ``F`` features: the module is built with the stem ``embed_features=F``
+            (:func:`initjax.modules.build`) and takes inputs ``(batch, T, F)``.
           num_classes: readout width.
           rngs: ``nnx.Rngs`` for the parameters.
+
+        Raises:
+          ValueError: an ``in_shape`` the network cannot take (sizes named).
         """
         in_shape = tuple(check_int("in_shape[i]", s, minimum=1) for s in in_shape)
         num_classes = check_int("num_classes", num_classes, minimum=1)
@@ -375,6 +420,12 @@ class TrainConfig:
                       bias_init=self.bias_init, norm=self.norm,
                       norm_placement=self.norm_placement,
                       batchnorm_kwargs=self.batchnorm_kwargs, rngs=rngs)
+        if self.model == "network" and self.network.tokens is not None:
+            return _modules.build(
+                self.network, num_classes, readout_init=self.kernel_init, rngs=rngs,
+                embed_features=self.token_features(in_shape),
+                embed_init=self.kernel_init if self.embed_init is None else self.embed_init,
+                position_std=self.position_std)
         if self.model == "network":
             if int(np.prod(in_shape)) != self.network.in_width:
                 raise ValueError(f"the network takes {self.network.in_width} inputs, but the "
@@ -393,6 +444,24 @@ class TrainConfig:
             raise ValueError(f"model='cnn' needs (H, W, C) inputs, got example shape {in_shape}")
         return _modules.PlainCNN(in_shape[-1], self.widths, len(self.widths), num_classes,
                                  downsample_at=self.downsample_at, **common)
+
+    def token_features(self, in_shape: Sequence[int]) -> int:
+        """``F``: the features per token of examples of shape ``in_shape`` (a token network's
+        ``T`` tokens of ``F = prod(in_shape) / T`` features each).
+
+        Raises:
+          ValueError: not a token network, or ``prod(in_shape)`` not divisible by ``T`` (both
+            named).
+        """
+        if self.network is None or self.network.tokens is None:
+            raise ValueError("token_features needs a token network (model='network' with "
+                             "Network(tokens=T))")
+        size, t = int(np.prod(in_shape)), self.network.tokens
+        if size % t:
+            raise ValueError(f"examples of shape {tuple(in_shape)} hold {size} values, which "
+                             f"tokens={t} does not divide: a token network reads each example "
+                             "as T tokens of size / T features")
+        return size // t
 
     def as_network(self, in_features: int) -> Network:
         """This MLP's hidden layers as an :class:`initjax.network.Network` (the readout is not a

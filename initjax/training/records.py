@@ -20,6 +20,14 @@ PERCENTILES = (15.0, 50.0, 85.0)
 class Record(NamedTuple):
     """What :func:`compare` measured for one config. Axes as commented; ``layer`` = hidden layer.
 
+    For a token network (``Network(tokens=T)`` of attention blocks) ``layer`` is the block and
+    the per-layer fields describe the stream ``X`` (``(sequence, T, D)``) on the probe sequences:
+    ``act_mean`` / ``act_std`` / ``act_percentiles`` of the stream after the block,
+    ``input_percentiles`` of the stream entering it (the stem's ``x W_e + positions`` for block
+    0), ``saturated`` 0, ``dead_fraction`` the fraction of the ``D`` channels exactly 0 on every
+    probe token, ``grad_norm`` ``sqrt(sum_W ||dL/dW||_F^2)`` over the block's kernels (W_Q, W_K,
+    W_V, W_O and the MLP's W_1, W_2), and ``token_cosine`` / ``attn_entropy`` are set.
+
     Train-mode quantities use batch statistics in batch norm; eval-mode ones use the running
     averages (``use_running_average=True``). The probe batch is a fixed set of training examples
     (:attr:`CompareResult.probe_index`), measured in train mode (batch statistics of the probe
@@ -50,6 +58,12 @@ class Record(NamedTuple):
     readout_grad_norm: np.ndarray  # (seed, record) the same for the readout / classifier kernel
     prelu_slope: np.ndarray | None  # (seed, record, layer) mean learned PReLU slope; None if
     #   the activation is not "prelu_learned"
+    token_cosine: np.ndarray | None  # (seed, record, layer) token networks: the mean pairwise
+    #   cosine <x_t, x_t'> / (|x_t| |x_t'|) over pairs t != t' of the tokens of a probe sequence
+    #   after the block, averaged over the probe sequences; None for other models
+    attn_entropy: np.ndarray | None  # (seed, record, layer) token networks: the block's mean
+    #   attention-row entropy -sum_j P_ij log P_ij (nats; log T for uniform attention), averaged
+    #   over probe sequences, heads and queries; None for other models
     diverged_step: np.ndarray  # (seed,) int64: first update whose loss or parameters were
     #   non-finite, -1 if none
 
@@ -72,6 +86,8 @@ RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     "grad_norm": ("seed", "record", "layer"),
     "readout_grad_norm": ("seed", "record"),
     "prelu_slope": ("seed", "record", "layer"),
+    "token_cosine": ("seed", "record", "layer"),
+    "attn_entropy": ("seed", "record", "layer"),
     "diverged_step": ("seed",),
 }
 # Fields measured at each record (the engine's output, all with a leading seed axis).

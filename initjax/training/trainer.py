@@ -7,7 +7,9 @@ and initializers are *arms* of one program: their numbers are arrays with an arm
 :mod:`initjax.training.core` step is ``vmap``-ped over arms and seeds, ``lax.scan``-ned over the
 minibatch indices of ``record_every`` updates and jitted, so a sweep over 8 learning rates compiles
 once. Configs that differ in structure (network, optimizer or schedule kind, run length, record
-cadence, probe sizes) are separate programs.
+cadence, probe sizes) are separate programs. Token networks (transformers: ``Network(tokens=T)``
+of attention blocks) train the same way, on examples read as ``T`` tokens, with one label per
+sequence (mean-pooled readout) or per token (see :class:`~initjax.training.TrainConfig`).
 
 How a member is computed (functional NNX): the network is split into a graph definition, its
 parameters and the rest of its state (batch-norm statistics, ``nnx.split``); the loss is the mean
@@ -56,6 +58,7 @@ from initjax._checks import check_int
 from initjax._io import claim_dir, progress_bar, read_json, reading, write_json, write_npz
 from initjax._precision import check_precision, matmul_precision
 from initjax._registry import parse_spec
+from initjax.engine.attention import attention_entropy, token_cosine
 from initjax.engine.stats import moments, percentiles
 from initjax.training.config import (
     INIT_FIELDS,
@@ -103,6 +106,7 @@ def _jit(kind: str, fun: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy over every label: examples, and tokens for per-token labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -129,21 +133,25 @@ def _model_key(cfg: TrainConfig) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)
-def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) -> _ModelFns:
+def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int,
+               per_token: bool = False) -> _ModelFns:
     cfg = TrainConfig(**dict(model_key))
     abstract = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
     name, _ = parse_spec(cfg.activation)
     act = None if name == _modules.LEARNED_PRELU else _activations.get(cfg.activation)
     bn = cfg.uses_batchnorm
+    tokens = cfg.network is not None and cfg.network.tokens is not None
     phi_input = "postnorm" if cfg.norm is not None and cfg.norm_placement == "before" else "preact"
-    if cfg.network is not None:  # per block: its last Dense layer's activation and phi input
+    if cfg.network is not None and not tokens:  # per block: its last Dense layer's phi and input
         phi_input = "phi_input"
         block_acts = [getattr(b, "branch", (b,))[-1].activation for b in cfg.network.blocks]
 
     def forward(params, rest, x, train: bool):
         model = nnx.merge(graphdef, params, rest, copy=True)
         out, inter = model.forward_with_intermediates(x, use_running_average=not train)
+        if tokens and not per_token:  # one label per sequence: mean-pool, then the readout
+            out = model.readout(inter["hidden"][-1].mean(axis=1))
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
         return out, inter, new_rest
 
@@ -153,6 +161,7 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
             out, _, _ = forward(params, rest, x, train)
             loss = optax.softmax_cross_entropy_with_integer_labels(out, y)
             ok = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
+            m = jnp.broadcast_to(m.reshape(m.shape + (1,) * (y.ndim - 1)), y.shape)  # per token
             return (acc[0] + jnp.sum(jnp.where(m, loss, 0.0)),
                     acc[1] + jnp.sum(jnp.where(m, ok, False).astype(jnp.float32)),
                     acc[2] + jnp.sum(m.astype(jnp.float32))), None
@@ -168,13 +177,21 @@ def _model_fns(model_key: tuple, in_shape: tuple[int, ...], num_classes: int) ->
 
         (ploss, inter), grads = jax.value_and_grad(probe_loss, has_aux=True)(params, rest)
         rec: dict[str, jax.Array] = {"train_loss": ploss}
-        acts, inputs = inter["act"], inter[phi_input]
+        if tokens:  # the stream after each block, and entering it (the stem's output for block 0)
+            acts = inter["hidden"]
+            inputs = [nnx.merge(graphdef, params, rest, copy=True).stem(xp), *acts[:-1]]
+            rec["token_cosine"] = jnp.stack([token_cosine(a) for a in acts])
+            rec["attn_entropy"] = jnp.stack([attention_entropy(p) for p in inter["attention"]])
+        else:
+            acts, inputs = inter["act"], inter[phi_input]
         mean_std = [moments(a) for a in acts]
         rec["act_mean"] = jnp.stack([m for m, _ in mean_std])
         rec["act_std"] = jnp.stack([s for _, s in mean_std])
         rec["act_percentiles"] = jnp.stack([percentiles(a, PERCENTILES) for a in acts])
         rec["input_percentiles"] = jnp.stack([percentiles(z, PERCENTILES) for z in inputs])
-        if cfg.network is not None:
+        if tokens:
+            rec["saturated"] = jnp.zeros((len(acts),), jnp.float32)
+        elif cfg.network is not None:
             rec["saturated"] = jnp.stack([jnp.mean(f.saturated(a).astype(jnp.float32))
                                           for f, a in zip(block_acts, acts, strict=True)])
         elif act is not None:
@@ -246,13 +263,14 @@ def _program_key(cfg: TrainConfig) -> tuple:
 
 @functools.lru_cache(maxsize=32)
 def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...],
-                 num_classes: int) -> _ProgramFns:
+                 num_classes: int, per_token: bool = False) -> _ProgramFns:
     cfg = TrainConfig(**dict(model_key), **dict(program_key), record_every=1)
-    forward = _model_fns(model_key, in_shape, num_classes).forward
+    forward = _model_fns(model_key, in_shape, num_classes, per_token).forward
     multipliers = None  # a network description's per-layer learning-rate multipliers
-    if cfg.network is not None:
+    if cfg.network is not None:  # (an attention block has none: all 1, no multiplier step)
         model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
-        if any(layer.lr_multiplier != 1.0 or layer.bias_lr_multiplier not in (None, 1.0)
+        if any(getattr(layer, "lr_multiplier", 1.0) != 1.0
+               or getattr(layer, "bias_lr_multiplier", None) not in (None, 1.0)
                for layer in cfg.network.dense_layers):
             multipliers = model.lr_multipliers()
 
@@ -315,14 +333,14 @@ def _chunks(x: np.ndarray, y: np.ndarray, size: int, pad: bool):
         m = -(-n // size)
         extra = m * size - n
         x = np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)])
-        y = np.concatenate([y, np.zeros((extra,), y.dtype)])
+        y = np.concatenate([y, np.zeros((extra, *y.shape[1:]), y.dtype)])
         mask = np.arange(m * size) < n
     else:
         m = n // size
         x, y = x[: m * size], y[: m * size]
         mask = np.ones(m * size, bool)
-    return (jnp.asarray(x.reshape(m, size, *x.shape[1:])), jnp.asarray(y.reshape(m, size)),
-            jnp.asarray(mask.reshape(m, size)))
+    return (jnp.asarray(x.reshape(m, size, *x.shape[1:])),
+            jnp.asarray(y.reshape(m, size, *y.shape[1:])), jnp.asarray(mask.reshape(m, size)))
 
 
 def _check_data(data: Any, configs: Sequence[TrainConfig]) -> tuple[np.ndarray, ...]:
@@ -336,10 +354,11 @@ def _check_data(data: Any, configs: Sequence[TrainConfig]) -> tuple[np.ndarray, 
                              f"n >= 1, got {x.shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"data.x_{name} must be floating point, got {x.dtype}")
-        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+        if y.shape[:1] != (x.shape[0],) or y.ndim > 2 or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(
-                f"data.y_{name} must be integer class labels of shape ({x.shape[0]},), got "
-                f"{y.dtype} {y.shape} (regression targets are not supported)"
+                f"data.y_{name} must be integer class labels of shape ({x.shape[0]},) (or "
+                f"({x.shape[0]}, T), one per token, for token networks), got {y.dtype} {y.shape} "
+                "(regression targets are not supported)"
             )
         if y.min() < 0 or y.max() >= nc:
             raise ValueError(f"data.y_{name} has labels outside [0, {nc}): "
@@ -348,11 +367,26 @@ def _check_data(data: Any, configs: Sequence[TrainConfig]) -> tuple[np.ndarray, 
             raise ValueError(f"data.x_{name} holds non-finite values")
     if xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"x_train examples have shape {xtr.shape[1:]} but x_test {xte.shape[1:]}")
+    if ytr.shape[1:] != yte.shape[1:]:
+        raise ValueError(f"y_train labels have shape {ytr.shape[1:]} per example but y_test "
+                         f"{yte.shape[1:]}: both one label per example, or both one per token")
+    size = int(np.prod(xtr.shape[1:]))
     for i, cfg in enumerate(configs):
+        t = cfg.network.tokens if cfg.model == "network" else None
+        if ytr.ndim == 2 and ytr.shape[1] != t:
+            raise ValueError(
+                f"data has labels of shape (n, {ytr.shape[1]}), one class per token, which only a "
+                f"token network with tokens={ytr.shape[1]} takes; configs[{i}] is "
+                + (f"a token network with tokens={t}" if t is not None else
+                   f"model={cfg.model!r} without a token axis (it needs labels of shape (n,))"))
+        if t is not None and size % t:
+            raise ValueError(f"configs[{i}].network has tokens={t}, which does not divide the "
+                             f"{size} values of an example (shape {xtr.shape[1:]}): each example "
+                             "is read as T tokens of size / T features")
         if cfg.batch_size > xtr.shape[0]:
             raise ValueError(f"configs[{i}].batch_size={cfg.batch_size} exceeds the training set "
                              f"size {xtr.shape[0]}")
-        if cfg.model == "network" and int(np.prod(xtr.shape[1:])) != cfg.network.in_width:
+        if t is None and cfg.model == "network" and size != cfg.network.in_width:
             raise ValueError(f"configs[{i}].network takes {cfg.network.in_width} inputs, but the "
                              f"examples have {int(np.prod(xtr.shape[1:]))} values "
                              f"(shape {xtr.shape[1:]})")
@@ -361,6 +395,23 @@ def _check_data(data: Any, configs: Sequence[TrainConfig]) -> tuple[np.ndarray, 
                              f"x_train of shape {xtr.shape} (load the data with flatten=False)")
     return (xtr.astype(np.float32), ytr.astype(np.int32), xte.astype(np.float32),
             yte.astype(np.int32))
+
+
+def _view(cfg: TrainConfig) -> Any:
+    """Which view of the examples ``cfg``'s model takes (see :func:`_view_shape`)."""
+    if cfg.model == "network" and cfg.network.tokens is not None:
+        return ("tokens", cfg.network.tokens)
+    return "images" if cfg.model == "cnn" else "flat"
+
+
+def _view_shape(cfg: TrainConfig, example: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one example as ``cfg``'s model takes it: NHWC for a CNN, ``(T, F)`` for a
+    token network (``F = size / T``), flattened otherwise."""
+    if cfg.model == "cnn":
+        return tuple(example)
+    if cfg.model == "network" and cfg.network.tokens is not None:
+        return (cfg.network.tokens, cfg.token_features(example))
+    return (int(np.prod(example)),)
 
 
 def _fingerprint(arrays: Sequence[np.ndarray]) -> str:
@@ -433,10 +484,10 @@ def _check_same_run(rdir: Path, stored: Mapping[str, Any], identity: Mapping[str
 
 
 def _fresh_run(cfg: TrainConfig, keys: jax.Array, in_shape: tuple[int, ...],
-               num_classes: int) -> _Run:
+               num_classes: int, per_token: bool) -> _Run:
     init_key = _model_key(cfg) + tuple((f, getattr(cfg, f)) for f in INIT_FIELDS)
     params, rest = _init_fn(init_key, in_shape, num_classes)(keys)
-    fns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes)
+    fns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes, per_token)
     numbers = cfg.numbers()
     opt_state = fns.opt_init(params, {k: np.float32(v) for k, v in numbers.items()})
     seeds = keys.shape[0]
@@ -501,6 +552,10 @@ def compare(
     Args:
       configs: a :class:`TrainConfig` or a sequence of them (distinct).
       data: a classification :class:`~initjax.data.Dataset` (int labels); MLPs flatten images.
+        A token network (``Network(tokens=T)``) reads each example as ``T`` tokens of ``size / T``
+        features; labels ``y: (n,)`` are one class per sequence (mean-pool over tokens, then the
+        readout), ``y: (n, T)`` one per token (loss: mean cross-entropy over sequences and
+        tokens; accuracy: the fraction of tokens right); see :class:`TrainConfig`.
       seeds: number of seeds, >= 1.
       key: non-negative int: model keys, batch order and probe rows.
       out: directory for checkpoints and results, or None (nothing written).
@@ -527,7 +582,8 @@ def compare(
     Raises:
       TypeError, ValueError: bad arguments (non-configs, duplicate configs, seeds < 1, a
         batch_size above the training-set size, data of the wrong shape or with non-integer
-        labels, a CNN on flattened data, ...).
+        labels, a CNN on flattened data, ``(n, T)`` labels for a model without that token axis,
+        examples whose size a token network's ``T`` does not divide, ...).
 
     >>> from initjax import data, training
     >>> sweep = [training.TrainConfig(label=f"lr={lr}", widths=(16,), learning_rate=lr, steps=20,
@@ -576,10 +632,14 @@ def compare(
     order = rng.permutation(n_train)
     show = progress if progress is not None else sys.stderr.isatty()
     model_keys = _modules.ensemble_keys(key, seeds)
-    flat = {"mlp": (xtr.reshape(n_train, -1), xte.reshape(xte.shape[0], -1)), "cnn": (xtr, xte)}
-    flat["network"] = flat["mlp"]
-    in_shapes = {m: tuple(v[0].shape[1:]) for m, v in flat.items()}
-    device_x: dict[str, tuple[jax.Array, jax.Array]] = {}
+    per_token = ytr.ndim == 2  # one label per token (token networks only, _check_data)
+    # each config's view of the examples: flattened (MLP, network), NHWC (CNN) or (T, F) tokens
+    views: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+    for c in configs:
+        views.setdefault(_view(c), tuple(
+            v.reshape(v.shape[0], *_view_shape(c, xtr.shape[1:])) for v in (xtr, xte)))
+    in_shapes = {k: tuple(v[0].shape[1:]) for k, v in views.items()}
+    device_x: dict[Any, tuple[jax.Array, jax.Array]] = {}
 
     # one writer per folder: a second process training into it is refused, naming this pid
     claim = claim_dir(out_dir, "training folder") if out_dir is not None else contextlib.nullcontext()
@@ -594,7 +654,7 @@ def compare(
 
         runs: list[_Run] = []
         for cfg, rdir in zip(configs, run_dirs):
-            run = _fresh_run(cfg, model_keys, in_shapes[cfg.model], num_classes)
+            run = _fresh_run(cfg, model_keys, in_shapes[_view(cfg)], num_classes, per_token)
             if rdir is not None and resume and (rdir / "checkpoint.npz").exists():
                 stored = read_json(rdir / "config.json", "training run identity")
                 _check_same_run(rdir, stored, {"config": cfg.to_dict(), **json.loads(json.dumps(ident))})
@@ -608,9 +668,10 @@ def compare(
         try:
             for members in _groups(configs, runs):
                 cfg = configs[members[0]]
-                in_shape = in_shapes[cfg.model]
-                mfns = _model_fns(_model_key(cfg), in_shape, num_classes)
-                pfns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes)
+                in_shape = in_shapes[_view(cfg)]
+                mfns = _model_fns(_model_key(cfg), in_shape, num_classes, per_token)
+                pfns = _program_fns(_model_key(cfg), _program_key(cfg), in_shape, num_classes,
+                                    per_token)
                 labels = [configs[i].label or f"config {i}" for i in members]
                 bar.set_description(labels[0] if len(labels) == 1 else
                                     f"{labels[0]} +{len(labels) - 1} arms")
@@ -619,10 +680,10 @@ def compare(
                     if run_dirs[i] is not None:
                         write_json(run_dirs[i] / "config.json",
                                    {"config": configs[i].to_dict(), **ident})
-                if cfg.model not in device_x:
-                    device_x[cfg.model] = (jnp.asarray(flat[cfg.model][0]), jnp.asarray(ytr))
-                x_dev, y_dev = device_x[cfg.model]
-                xtr_m, xte_m = flat[cfg.model]
+                if _view(cfg) not in device_x:
+                    device_x[_view(cfg)] = (jnp.asarray(views[_view(cfg)][0]), jnp.asarray(ytr))
+                x_dev, y_dev = device_x[_view(cfg)]
+                xtr_m, xte_m = views[_view(cfg)]
                 probe = order[: min(cfg.probe_size, n_train)]
                 tr_eval = order[: min(cfg.train_eval_size, n_train)]
                 probe_xy = (jnp.asarray(xtr_m[probe]), jnp.asarray(ytr[probe]))
@@ -675,7 +736,8 @@ def compare(
         for ci, (cfg, run, rdir) in enumerate(zip(configs, runs, run_dirs)):
             rec = _assemble(cfg, run)
             records.append(rec)
-            graphdef = _model_fns(_model_key(cfg), in_shapes[cfg.model], num_classes).graphdef
+            graphdef = _model_fns(_model_key(cfg), in_shapes[_view(cfg)], num_classes,
+                                  per_token).graphdef
             models.append(nnx.merge(graphdef, run.state.params, run.state.model_state))
             if rdir is not None and (ci in trained or not (rdir / "records.npz").exists()):
                 arrays = {k: v for k, v in rec._asdict().items() if v is not None}

@@ -182,11 +182,12 @@ def test_an_mlp_config_states_its_network_and_builds_the_same_model():
 
 
 def test_networks_the_trainer_does_not_take_yet_are_refused_by_name():
-    """A token network (attention blocks) and a spatial one (conv blocks) are refused with what
-    they have, not with a misleading input-width mismatch later."""
+    """A spatial network (conv blocks) is refused with what it has, not with a misleading
+    input-width mismatch later; a token network is refused only with readout=False."""
     from initjax.network import Conv, Network
 
-    with pytest.raises(ValueError, match="without a token axis yet; this one has tokens=8"):
-        TrainConfig(model="network", network=Network.transformer(2, 8, 2, 8, batch=4))
+    with pytest.raises(ValueError, match="readout=False is not available for a token network"):
+        TrainConfig(model="network", network=Network.transformer(2, 8, 2, 8, batch=4),
+                    readout=False)
     with pytest.raises(ValueError, match="spatial"):
         TrainConfig(model="network", network=Network(3, (Conv(4, 3),), spatial=(4, 4)))
