@@ -38,11 +38,11 @@ FIGURES = {
     "desmith2020-skipinit": ["variance-at-init", "training"],
     "zhang2019-fixup": ["gradient-norms", "training"],
     "brock2021-spp": ["spp-conv", "spp-bn", "spp-nf"],
-    "yang2021-coord-check": ["coord-check-mlp", "coord-check-resmlp"],
+    "yang2021-coord-check": ["coord-check-mlp", "coord-check-resmlp", "coord-check-transformer"],
     "yang2022-mutransfer": ["width_transfer", "depth_transfer"],
     "dong2021-rank-collapse": ["rank-collapse"],
     "noci2022-signal-propagation": ["signal-propagation"],
-    "xiong2020-layernorm": ["gradient-norms"],
+    "xiong2020-layernorm": ["gradient-norms", "training"],
 }
 
 

@@ -1,4 +1,5 @@
-"""Xiong et al. 2020: Pre-LN vs Post-LN transformers, per-layer gradient norms at initialization.
+"""Xiong et al. 2020: Pre-LN vs Post-LN transformers, per-layer gradient norms at initialization,
+and Post-LN needing learning-rate warm-up in training where Pre-LN does not (sorting digits).
 
     python experiments/xiong2020_layernorm.py [--quick] [--seeds N] [--out DIR]
 

@@ -23,6 +23,8 @@ What each set is:
 - **MNIST, Fashion-MNIST, CIFAR-10**: readers of the files a user downloaded once
   (:func:`mnist`, :func:`fashion_mnist`, :func:`cifar10`). Nothing here ever downloads.
 - **teacher-student**: Gaussian inputs labelled by a random teacher MLP, :func:`teacher_student`.
+- **sequences**: procedural one-hot token sequences to sort, reverse or take the maximum of, for
+  token networks (transformers): :func:`sequences`; inputs ``(n, tokens, vocab)``.
 
 Randomness is numpy's ``Generator`` seeded through ``SeedSequence`` (the teacher-student set also
 takes a JAX key, whose data seeds numpy), so a given seed gives the same arrays on every machine
@@ -73,6 +75,8 @@ __all__ = [
     "cifar10",
     "read_idx",
     "teacher_student",
+    "sequences",
+    "SEQUENCE_TASKS",
 ]
 
 
@@ -81,9 +85,11 @@ class Dataset(NamedTuple):
 
     Attributes:
       x_train: inputs, ``float32``; shape ``(n_train, features)`` when flattened, else
-        ``(n_train, H, W, C)``.
-      y_train: labels ``int32`` in ``[0, num_classes)``, shape ``(n_train,)``; for the
-        teacher-student regression task, ``float32`` targets of shape ``(n_train, num_classes)``.
+        ``(n_train, H, W, C)``; for sequence sets ``(n_train, tokens, features)``.
+      y_train: labels ``int32`` in ``[0, num_classes)``, shape ``(n_train,)``; for per-token
+        sequence tasks (:func:`sequences`' ``"sort"``, ``"reverse"``) one label per token,
+        ``(n_train, tokens)``; for the teacher-student regression task, ``float32`` targets of
+        shape ``(n_train, num_classes)``.
       x_test: as ``x_train``, for the test set.
       y_test: as ``y_train``, for the test set.
       num_classes: the number of classes (for regression: the number of outputs), i.e. the width
@@ -92,9 +98,9 @@ class Dataset(NamedTuple):
     """
 
     x_train: np.ndarray  # shape=(n_train, features) or (n_train, H, W, C), dtype=float32
-    y_train: np.ndarray  # shape=(n_train,), dtype=int32
+    y_train: np.ndarray  # shape=(n_train,) or (n_train, tokens), dtype=int32
     x_test: np.ndarray  # shape=(n_test, features) or (n_test, H, W, C), dtype=float32
-    y_test: np.ndarray  # shape=(n_test,), dtype=int32
+    y_test: np.ndarray  # shape=(n_test,) or (n_test, tokens), dtype=int32
     num_classes: int
     name: str
 
@@ -868,6 +874,88 @@ def teacher_student(
 
 
 # --------------------------------------------------------------------------------------------
+# procedural token sequences
+
+#: Sequence tasks: name -> what the label is ("token": one label per token, y (n, tokens);
+#: "sequence": one label per sequence, y (n,)).
+SEQUENCE_TASKS: dict[str, str] = {"sort": "token", "reverse": "token", "max": "sequence"}
+
+
+def sequences(
+    task: str = "sort",
+    n_train: int = 4096,
+    n_test: int = 1024,
+    *,
+    tokens: int = 8,
+    vocab: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """Procedural token sequences: sort them, reverse them, or name their largest token.
+
+    Each sequence holds ``tokens`` ids drawn i.i.d. uniformly from ``[0, vocab)``; the input is
+    their one-hot code, ``x[i, t] = e_{s_{i,t}}``. The task sets the label:
+
+    - ``"sort"``: per token, ``y[i] = sorted(s_i)`` (ascending), shape ``(n, tokens)``;
+    - ``"reverse"``: per token, ``y[i, t] = s_{i, tokens - 1 - t}``, shape ``(n, tokens)``;
+    - ``"max"``: per sequence, ``y[i] = max_t s_{i,t}``, shape ``(n,)`` (not balanced: class
+      ``c`` has probability ``((c+1)^T - c^T) / V^T``, so large ids dominate for long sequences).
+
+    Per-token tasks need every token to see the others (attention); sorting also needs to count.
+    The ``xiong2020-layernorm`` reproduction trains transformers on ``"sort"`` (Post-LN's need for
+    learning-rate warm-up, Xiong et al. 2020, https://arxiv.org/abs/2002.04745).
+    The training and test sets come from two independent numpy streams spawned from ``seed``
+    (``SeedSequence(seed, spawn_key=(0,))`` and ``(1,)``), so a seed gives the same arrays on
+    every machine, and the test set is not a slice of the training set (with ``vocab^tokens``
+    possible sequences, a few may repeat across the two by chance).
+
+    >>> ds = sequences("sort", 100, 20, tokens=5, vocab=7, seed=3)
+    >>> ds.x_train.shape, ds.y_train.shape, ds.num_classes
+    ((100, 5, 7), (100, 5), 7)
+    >>> bool((ds.y_train == np.sort(ds.x_train.argmax(-1), axis=1)).all())
+    True
+
+    Args:
+      task: ``"sort"``, ``"reverse"`` or ``"max"`` (see :data:`SEQUENCE_TASKS`).
+      n_train: training sequences, ``>= 1``.
+      n_test: test sequences, ``>= 1``.
+      tokens: sequence length ``T``, ``>= 2``.
+      vocab: number of token ids ``V`` (and of classes), ``>= 2``.
+      seed: non-negative int.
+
+    Returns:
+      A :class:`Dataset` named ``"sequences"``: ``x`` one-hot ``float32`` of shape
+      ``(n, tokens, vocab)``; ``y`` ``int32`` in ``[0, vocab)``, ``(n, tokens)`` or ``(n,)``;
+      ``num_classes = vocab``.
+
+    Raises:
+      ValueError: an unknown task (the known ones listed), ``tokens < 2``, ``vocab < 2``,
+        ``n_train < 1``, ``n_test < 1`` or a negative seed.
+      TypeError: a non-integer size or seed.
+    """
+    task = check_choice("task", task, tuple(SEQUENCE_TASKS))
+    n_train = check_int("n_train", n_train, minimum=1)
+    n_test = check_int("n_test", n_test, minimum=1)
+    tokens = check_int("tokens", tokens, minimum=2)
+    vocab = check_int("vocab", vocab, minimum=2)
+    seed = _check_seed("seed", seed)
+    eye = np.eye(vocab, dtype=np.float32)
+
+    def split(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = _child_rng(seed, stream).integers(0, vocab, size=(n, tokens))
+        if task == "sort":
+            y = np.sort(ids, axis=1)
+        elif task == "reverse":
+            y = ids[:, ::-1]
+        else:  # "max"
+            y = ids.max(axis=1)
+        return eye[ids], np.ascontiguousarray(y, dtype=np.int32)
+
+    x_train, y_train = split(n_train, 0)
+    x_test, y_test = split(n_test, 1)
+    return Dataset(x_train, y_train, x_test, y_test, vocab, "sequences")
+
+
+# --------------------------------------------------------------------------------------------
 # minibatches
 
 
@@ -934,19 +1022,22 @@ _REGISTRY.register("mnist", mnist)
 _REGISTRY.register("fashion_mnist", fashion_mnist)
 _REGISTRY.register("cifar10", cifar10)
 _REGISTRY.register("teacher_student", teacher_student)
+_REGISTRY.register("sequences", sequences)
 
 
 def get(name: str, **kwargs: Any) -> Dataset:
     """Build the dataset ``name`` (``"name"`` or ``"name:key=value,..."``) with ``kwargs``.
 
     Names: ``shapeset`` (alias ``shapeset3x2``), ``digits``, ``mnist``, ``fashion_mnist``,
-    ``cifar10``, ``teacher_student``.
+    ``cifar10``, ``teacher_student``, ``sequences``.
 
         >>> get("shapeset", n_train=1000, n_test=500, seed=1)
         Dataset(name='shapeset', x_train=(1000, 1024) float32, x_test=(500, 1024), num_classes=9)
         >>> get("mnist", data_dir="~/data/mnist")  # doctest: +SKIP
         >>> get("teacher_student:in_dim=20,num_classes=3", key_or_seed=0, n_train=100, n_test=50)
         Dataset(name='teacher_student', x_train=(100, 20) float32, x_test=(50, 20), num_classes=3)
+        >>> get("sequences:task=reverse,tokens=6", n_train=64, n_test=16)
+        Dataset(name='sequences', x_train=(64, 6, 10) float32, x_test=(16, 6, 10), num_classes=10)
 
     Raises:
       ValueError: for an unknown name (the message lists the known ones) or bad arguments.

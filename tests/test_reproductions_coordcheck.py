@@ -16,8 +16,9 @@ from initjax.reproductions import yang2021_coord_check as yang
 
 NAME = "yang2021-coord-check"
 FILES = ("coord-check-mlp.png", "coord-check-mlp.pdf", "coord-check-resmlp.png",
-         "coord-check-resmlp.pdf", "data/mlp-adam-mup/coord_check.json",
-         "data/resmlp-sgd-sp/coord_check.npz")
+         "coord-check-resmlp.pdf", "coord-check-transformer.png",
+         "data/mlp-adam-mup/coord_check.json", "data/resmlp-sgd-sp/coord_check.npz",
+         "data/transformer-adam-mup-sqrt-logit/coord_check.json")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def test_quick_run_passes_every_check(quick):
     assert quick["all_pass"] and quick["quick"] and quick["seeds"] == 4
     arms = {(a["arch"], a["optimizer"], a["parametrization"]) for a in quick["arms"]}
     assert arms == {(a, o, p) for a in ("mlp", "resmlp") for o in ("sgd", "adam")
-                    for p in ("sp", "mup")}
+                    for p in ("sp", "mup")} | {("transformer", "adam", p)
+                                               for p in yang.TRANSFORMER_PARAMETRIZATIONS}
     # every arm's slopes are the fitter's, of the saved statistic
     for a in quick["arms"]:
         np.testing.assert_allclose(a["slope"], coordcheck.fit_slope(a["widths"], a["l1"]),
@@ -56,6 +58,33 @@ def test_residual_network_is_parametrized_per_role():
         base_width=64, optimizer="adam")
     with pytest.raises(ValueError, match="arch must be 'mlp' or 'resmlp', got 'cnn'"):
         yang.network("cnn", "mup", 64, optimizer="sgd", base_width=64)
+
+
+def test_transformer_arm(quick):
+    # muP flat, SP growing, and the logit: the attention entropy's fall grows with width under
+    # 1/sqrt(d_head) and not under 1/d_head (every check of the report passed above)
+    arms = {a["parametrization"]: a for a in quick["arms"] if a["arch"] == "transformer"}
+    assert arms["mup"]["layers"] == ["block1", "block2", "block1/attn", "block2/attn", "readout"]
+    fall = {p: np.asarray(a["entropy_fall"]) for p, a in arms.items()}
+    # recomputed from the saved entropies: step 1 minus the last step, block mean
+    for p, a in arms.items():
+        e = np.asarray(a["attention_entropy"]).mean(axis=-1)
+        np.testing.assert_allclose(fall[p], e[:, 0] - e[:, -1], rtol=1e-9)
+    assert fall["mup_sqrt_logit"][-1] > 1.5 * fall["mup"][-1]
+    # at init the two muP variants differ only in the logit; both start below log T
+    e0 = {p: np.asarray(a["attention_entropy"])[:, 0].mean(axis=-1) for p, a in arms.items()}
+    assert np.all(e0["mup"] <= np.log(yang.TOKENS)) and e0["mup"][-1] > e0["mup_sqrt_logit"][-1]
+    # the model: muP's hidden kernels at lr 1/m come from the roles of their paths
+    from flax import nnx
+
+    model = yang.transformer("mup", 256, base_width=64)
+    mult = parametrization.lr_multipliers_by_path(nnx.state(model, nnx.Param), yang.TRANSFORMER_ROLES,
+                                                  "mup", base_width=64, width=256, optimizer="adam")
+    assert float(mult["blocks"][0]["query"]["kernel"]) == 0.25
+    assert float(mult["readout"]["kernel"]) == 0.25 and float(mult["embed"]["kernel"]) == 1.0
+    assert model.blocks[0].logit_scale == pytest.approx(4.0 / 64)  # sqrt(16) / 64
+    with pytest.raises(ValueError, match="parametrization must be one of"):
+        yang.transformer("ntk", 64, base_width=64)
 
 
 def test_listed(capsys):

@@ -142,7 +142,8 @@ _REPRODUCTIONS = {
             "yang2021-coord-check",
             "yang2021_coord_check",
             "Yang et al. 2021 (TP5): coordinate checks, mean |x| per layer vs width over training "
-            "steps, SP vs muP, MLP and residual MLP, SGD and Adam; log2-log2 slopes (muP flat).",
+            "steps, SP vs muP, MLP and residual MLP, SGD and Adam; log2-log2 slopes (muP flat); a "
+            "transformer with SP, muP and muP with a 1/sqrt(d) logit (the attention entropy).",
         ),
         Reproduction(
             "dong2021-rank-collapse",
@@ -163,7 +164,9 @@ _REPRODUCTIONS = {
             "xiong2020_layernorm",
             "Xiong et al. 2020: Pre-LN vs Post-LN transformers at init (Lemma 2 setting, uniform "
             "attention): per-layer weight-gradient norms measured beside the mean-field theory, "
-            "Lemma 2's stream bounds, Theorem 1's Post/Pre ratio, and Fig. 3(b)'s values.",
+            "Lemma 2's stream bounds, Theorem 1's Post/Pre ratio, and Fig. 3(b)'s values. Training "
+            "on sorted digit sequences: Post-LN needs learning-rate warm-up with Adam, Pre-LN does "
+            "not (loss curves, failed and collapsed seeds, step-0 gradient per block).",
         ),
     )
 }
