@@ -1465,7 +1465,8 @@ class NetworkModule(nnx.Module):
                  batchnorm_kwargs: Mapping[str, Any] | None = None,
                  attention_weights: Sequence[Mapping[str, Any]] | None = None,
                  embed_features: int | None = None, embed_init: InitSpec = "lecun_normal",
-                 position_std: float = 1.0,
+                 position_std: float = 1.0, readout_lr_multiplier: float = 1.0,
+                 embed_lr_multiplier: float = 1.0,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         from initjax.config import NetworkConfig
         from initjax.network import Attention, Conv, Dense, Network, Residual
@@ -1485,10 +1486,18 @@ class NetworkModule(nnx.Module):
                                  "(Network(tokens=T)); this network has tokens=None")
             embed_features = check_int("embed_features", embed_features, minimum=1)
             position_std = check_float("position_std", position_std, minimum=0.0)
-        elif position_std != 1.0 or embed_init != "lecun_normal":
-            raise ValueError("embed_init and position_std set the token stem, which needs "
-                             f"embed_features; got embed_features=None, embed_init={embed_init!r}, "
-                             f"position_std={position_std!r}")
+        elif position_std != 1.0 or embed_init != "lecun_normal" or embed_lr_multiplier != 1.0:
+            raise ValueError("embed_init, position_std and embed_lr_multiplier set the token stem, "
+                             f"which needs embed_features; got embed_features=None, embed_init="
+                             f"{embed_init!r}, position_std={position_std!r}, embed_lr_multiplier="
+                             f"{embed_lr_multiplier!r}")
+        self.readout_lr_multiplier = check_float("readout_lr_multiplier", readout_lr_multiplier,
+                                                 minimum=0.0, strict_minimum=True)
+        self.embed_lr_multiplier = check_float("embed_lr_multiplier", embed_lr_multiplier,
+                                               minimum=0.0, strict_minimum=True)
+        if out_features is None and self.readout_lr_multiplier != 1.0:
+            raise ValueError(f"readout_lr_multiplier={readout_lr_multiplier!r} needs a readout "
+                             "(out_features); got out_features=None")
         if attention_weights is not None:
             if network.tokens is None:
                 raise ValueError("attention_weights are for a token network of Attention blocks; "
@@ -1560,16 +1569,26 @@ class NetworkModule(nnx.Module):
         """The learning-rate multiplier of every parameter, a tree shaped like
         ``nnx.state(self, nnx.Param)`` with float leaves: a Dense layer's ``lr_multiplier`` on its
         own parameters (kernel, bias, weight-standardization gain, Fixup's scalar biases; the bias
-        takes ``bias_lr_multiplier`` instead when that is set), 1 on
-        norms, block-level scalars (a learnable branch scale, Fixup's branch multiplier) and the
-        readout."""
+        takes ``bias_lr_multiplier`` instead when that is set), an Attention block's
+        ``lr_multiplier`` on its kernels (W_Q, W_K, W_V, W_O, W_1, W_2), ``readout_lr_multiplier``
+        on the readout's kernel (its bias keeps 1: a bias's fan-out, here the classes, does not
+        scale with width, so every parametrization's bias rule gives it 1),
+        ``embed_lr_multiplier`` on a token stem's ``embed`` and ``positions``, and 1 on norms and
+        block-level scalars (a learnable branch scale, Fixup's branch multiplier)."""
+        from initjax.network import Attention
+
         blocks = self.description.blocks
+        heads = {("readout", "kernel"): self.readout_lr_multiplier,
+                 ("embed", "kernel"): self.embed_lr_multiplier,
+                 ("positions", "value"): self.embed_lr_multiplier}
 
         def multiplier(path: tuple, _leaf: Any) -> float:
             names = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
             if names[0] != "blocks":
-                return 1.0
+                return heads.get(tuple(names[:2]), 1.0)
             block = blocks[names[1]]
+            if isinstance(block, Attention):  # blocks/i/<query|key|...|mlp_out>/kernel, norms
+                return block.lr_multiplier if names[2] in _ATTENTION_LAYERS.values() else 1.0
             if hasattr(block, "lr_multiplier"):  # a Dense block: blocks/i/<param or norm>
                 layer, own = block, names[2]
             elif names[2] == "branch":  # a residual branch layer: blocks/i/branch/j/<...>
@@ -1688,7 +1707,11 @@ def build(network: Any, out_features: int | None = None, *, rngs: nnx.Rngs,
         default; its bias is zero), ``batchnorm_kwargs``, ``param_dtype``, ``attention_weights``
         (token networks: one mapping per block, see :func:`attention_weights`), and for a
         token network's stem ``embed_features`` (F, None: no stem), ``embed_init`` (an initjax
-        initializer spec, default ``"lecun_normal"``) and ``position_std`` (>= 0, default 1).
+        initializer spec, default ``"lecun_normal"``) and ``position_std`` (>= 0, default 1);
+        ``readout_lr_multiplier`` and (with the stem) ``embed_lr_multiplier``, the learning-rate
+        factors :meth:`NetworkModule.lr_multipliers` gives the readout and the stem (> 0, default
+        1; a parametrization's output and input rules, see
+        :func:`initjax.parametrization.token_heads`).
 
     Returns:
       A :class:`NetworkModule`; ``model(x)`` gives the output, ``model(x,

@@ -497,6 +497,10 @@ class Attention:
         residual blocks of the network, attention blocks included).
       learnable: alpha is a trained scalar that starts at ``alpha`` (ReZero: ``alpha=0``).
       norm_eps: epsilon added to the variance inside the norm (>= 0).
+      lr_multiplier: the factor (> 0) on the learning rate of the block's kernels W_Q, W_K, W_V,
+        W_O (and W_1, W_2), for the trainer (a parametrization's hidden rule,
+        :func:`initjax.parametrization.parametrize`); its norms and ``alpha`` keep the base rate.
+        Not used at initialization. JSON omits it at 1.
 
     References:
       Vaswani et al. 2017, https://arxiv.org/abs/1706.03762. Dong, Cordonnier & Loukas 2021,
@@ -520,10 +524,13 @@ class Attention:
     alpha: float | str = 1.0
     learnable: bool = False
     norm_eps: float = 1e-5
+    lr_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "heads", check_int("heads", self.heads, minimum=1))
+        set_(self, "lr_multiplier", check_float("lr_multiplier", self.lr_multiplier, minimum=0.0,
+                                                strict_minimum=True))
         set_(self, "init", resolve_init(self.init, "init"))
         if self.qk_init is not None:
             set_(self, "qk_init", resolve_init(self.qk_init, "qk_init"))
@@ -585,6 +592,7 @@ class Attention:
             "alpha": self.alpha,
             "learnable": self.learnable,
             "norm_eps": self.norm_eps,
+            **({} if self.lr_multiplier == 1.0 else {"lr_multiplier": self.lr_multiplier}),
         }
 
     @classmethod

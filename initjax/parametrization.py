@@ -125,6 +125,7 @@ __all__ = [
     "multiplier",
     "parametrize",
     "scale_lr_by_path",
+    "token_heads",
 ]
 
 ROLES = ("input", "hidden", "output", "bias", "attention_logit")
@@ -505,6 +506,17 @@ def _parametrize_layer(layer: Dense | Conv, role: str, p: Parametrization, m_in:
         multiplier=layer.multiplier * f.multiplier, lr_multiplier=lr, bias_lr_multiplier=bias_lr)
 
 
+def _scaled_alpha(alpha: Any, factor: float, p: Parametrization, index: int) -> Any:
+    """A residual block's branch scale times a depth parametrization's ``(L/L0)^c`` factor."""
+    if factor == 1.0:
+        return alpha
+    if isinstance(alpha, str):
+        raise ValueError(f"block {index} has alpha={alpha!r}, which already scales with depth; "
+                         f"{p.name!r} multiplies alpha by (L/L0)^{p.block_multiplier_depth:g}: "
+                         "give alpha as a number (its value at the base depth)")
+    return alpha * factor
+
+
 def _network_width(network: Network) -> int:
     return network.widths[1]
 
@@ -525,6 +537,15 @@ def parametrize(network: Network, parametrization: Parametrization | str, *, bas
     layers and the fan-out multiplier of the input and hidden layers. Depth ``L`` is the number of
     residual blocks (``base_depth`` is needed when the parametrization scales with depth and the
     network has residual blocks; a network without them is not scaled in depth).
+
+    A token network (``Network(tokens=T)`` of :class:`~initjax.network.Attention` blocks, e.g.
+    :meth:`~initjax.network.Network.transformer`) is all hidden: its width is the stream's
+    (``in_width``), every block's W_Q, W_K, W_V, W_O, W_1, W_2 follow the **hidden** rule
+    (``init``, ``qk_init``, ``mlp_init`` scaled, ``lr_multiplier`` set; a forward multiplier is
+    refused: Attention has none), its logit scale the **attention_logit** rule with ``d_head``
+    scaling like the width (the heads fixed): muP's ``1/d_head`` relative to the base is
+    ``s = sqrt(d_head0) / d_head`` (SP's ``1/sqrt(d_head)`` at the base width); depth-muP scales
+    ``alpha``. Its stem and readout are not blocks: :func:`token_heads` gives them.
 
     Each layer keeps its own initializer family and gain: its draws are multiplied by
     ``sqrt(init_var factor)`` (``lecun_normal`` becomes ``variance_scaling`` with ``scale =
@@ -559,6 +580,8 @@ def parametrize(network: Network, parametrization: Parametrization | str, *, bas
     p = _resolve(parametrization, optimizer)
     if not isinstance(network, Network):
         raise TypeError(f"network must be an initjax Network, got {type(network).__name__}")
+    if network.tokens is not None:
+        return _parametrize_tokens(network, p, base_width, base_depth)
     blocks = network.blocks
     if len(blocks) < 2:
         raise ValueError("a parametrization needs an input layer, a readout and a width between "
@@ -595,22 +618,97 @@ def parametrize(network: Network, parametrization: Parametrization | str, *, bas
             continue
         branch = tuple(_parametrize_layer(layer, "hidden", p, m, m, m_depth)
                        for layer in block.branch)
-        alpha = block.alpha
-        if branch_factor != 1.0:
-            if isinstance(alpha, str):
-                raise ValueError(f"block {i} has alpha={alpha!r}, which already scales with depth; "
-                                 f"{p.name!r} multiplies alpha by (L/L0)^"
-                                 f"{p.block_multiplier_depth:g}: give alpha as a number (its "
-                                 "value at the base depth)")
-            alpha = alpha * branch_factor
-        new_blocks.append(dataclasses.replace(block, branch=branch, alpha=alpha))
+        new_blocks.append(dataclasses.replace(
+            block, branch=branch, alpha=_scaled_alpha(block.alpha, branch_factor, p, i)))
+    return _regroup(network, new_blocks)
+
+
+def _regroup(network: Network, blocks: list[Any]) -> Network:
     stages: list[Repeat] = []
-    for block in new_blocks:  # regroup equal consecutive blocks
+    for block in blocks:  # regroup equal consecutive blocks
         if stages and stages[-1].block == block:
             stages[-1] = Repeat(block, stages[-1].count + 1)
         else:
             stages.append(Repeat(block, 1))
     return network.replace(stages=tuple(stages))
+
+
+def _parametrize_tokens(network: Network, p: Parametrization, base_width: Any,
+                        base_depth: Any) -> Network:
+    """:func:`parametrize` of a token network: every Attention block is hidden (module
+    docstring of :func:`parametrize`)."""
+    width = network.in_width
+    m = _check_width_pair("the stream width", width, "base_width", base_width)
+    m_depth = _depth_mult(p, network, base_depth)
+    branch_factor = m_depth ** p.block_multiplier_depth
+    f = p.factors("hidden", fan_in_mult=m, fan_out_mult=m, depth_mult=m_depth)
+    if f.multiplier != 1.0:
+        raise ValueError(f"{p.name!r} gives hidden layers a forward multiplier ({f.multiplier:g} at "
+                         f"m = {m:g}); an Attention block has none, so its token networks cannot "
+                         "be parametrized by it (sp, mup and depth_mup can)")
+    # the heads are fixed, so d_head = width / heads scales like the width
+    logit = p.factors("attention_logit", fan_in_mult=m, fan_out_mult=m,
+                      depth_mult=m_depth).multiplier
+    new_blocks = []
+    for i, block in enumerate(network.blocks):
+        alpha = _scaled_alpha(block.alpha, branch_factor, p, i) if block.residual else block.alpha
+        new_blocks.append(dataclasses.replace(
+            block, init=_scaled_init(block.init, f.init_var),
+            qk_init=None if block.qk_init is None else _scaled_init(block.qk_init, f.init_var),
+            mlp_init=_scaled_init(block.mlp_init, f.init_var),
+            logit_scale=block.logit_scale if logit == 1.0 else block.scale(width) * logit,
+            lr_multiplier=block.lr_multiplier * f.lr, alpha=alpha))
+    return _regroup(network, new_blocks)
+
+
+def token_heads(parametrization: Parametrization | str, *, width: int, base_width: int,
+                readout_init: Any = "lecun_normal", embed_init: Any = "lecun_normal",
+                optimizer: str | None = None) -> dict[str, Any]:
+    """The stem and readout of a token network under a parametrization, as
+    :class:`~initjax.training.TrainConfig` fields: a transformer's input layer (the stem's
+    ``W_e`` and positions, fan-in ``F`` fixed, fan-out the width) and its readout (fan-in the
+    width) are not blocks of its description (they are added by :func:`initjax.modules.build`
+    and the trainer), so :func:`parametrize` cannot reach them::
+
+        net = parametrize(Network.transformer(2, 256, 4, 8, mlp=True, mlp_width=256), "mup",
+                          base_width=64, optimizer="adam")
+        cfg = TrainConfig(model="network", network=net, optimizer="adam",
+                          **token_heads("mup", width=256, base_width=64, optimizer="adam"))
+
+    ``readout_init`` and ``embed_init`` are initjax initializer specs (the network as written: the
+    trainer's defaults). Returns ``{"kernel_init": readout_init scaled by the output rule's init
+    variance,
+    "embed_init": embed_init scaled by the input rule's, "readout_lr_multiplier": the output
+    rule's learning-rate factor, "embed_lr_multiplier": the input rule's}`` with ``m = width /
+    base_width`` (the readout's fan-in multiplier and the stem's fan-out multiplier). For
+    :func:`initjax.modules.build` the first key is ``readout_init``.
+
+    >>> h = token_heads("mup", width=256, base_width=64, optimizer="adam")
+    >>> h["kernel_init"], h["readout_lr_multiplier"], h["embed_lr_multiplier"]
+    ('variance_scaling:distribution=normal,mode=fan_in,scale=0.25', 0.25, 1.0)
+
+    Raises:
+      ValueError: an unknown parametrization or optimizer, bad widths (named), or a
+        parametrization whose input or output rule has a forward multiplier other than 1 (NTK:
+        the stem and the readout have none).
+      TypeError: an initializer that is not a spec string.
+    """
+    p = _resolve(parametrization, optimizer)
+    m = _check_width_pair("width", width, "base_width", base_width)
+    out = p.factors("output", fan_in_mult=m, fan_out_mult=1.0)
+    inp = p.factors("input", fan_in_mult=1.0, fan_out_mult=m)
+    for role, f in (("output", out), ("input", inp)):
+        if f.multiplier != 1.0:
+            raise ValueError(f"{p.name!r} gives the {role} layer a forward multiplier "
+                             f"({f.multiplier:g} at m = {m:g}); a token network's "
+                             f"{'readout' if role == 'output' else 'stem'} has none")
+    specs = {}
+    for key, init, f in (("kernel_init", readout_init, out), ("embed_init", embed_init, inp)):
+        if not isinstance(init, str):
+            raise TypeError(f"{'readout_init' if key == 'kernel_init' else key} must be an initjax "
+                            f"initializer spec (a TrainConfig field is a string), got {init!r}")
+        specs[key] = _scaled_init(_initializers.get(init), f.init_var).spec
+    return {**specs, "readout_lr_multiplier": out.lr, "embed_lr_multiplier": inp.lr}
 
 
 def mlp(in_width: int, width: int, depth: int, out_width: int, *, activation: Any = "relu",

@@ -596,3 +596,44 @@ def test_a_parameter_path_no_rule_covers_is_refused_naming_it():
         lr_multipliers_by_path(params, {".": "hidden"}, "mup",
                                base_shapes={"enc": params["enc"]})
     assert parametrization.ROLES == ("input", "hidden", "output", "bias", "attention_logit")
+
+
+# -- token networks (transformers) ----------------------------------------------------------------
+def test_parametrize_token_network_by_hand():
+    net = Network.transformer(4, 256, 4, 8, mlp=True, mlp_width=1024, branch_scale=1.0)
+    assert parametrization.parametrize(net, "mup", base_width=256, optimizer="adam") == net
+    assert parametrization.parametrize(net, "sp", base_width=64) == net
+    # muP, Adam, m = 4 (TP5 Table 3): hidden init unchanged, hidden lr 1/4, logit 1/d_head
+    # relative to the base: (1/sqrt(64)) (16/64)^(1/2) = 4/64
+    mup = parametrization.parametrize(net, "mup", base_width=64, optimizer="adam")
+    b = mup.blocks[0]
+    assert (b.init, b.mlp_init, b.lr_multiplier, b.alpha) == (net.blocks[0].init,
+                                                             net.blocks[0].mlp_init, 0.25, 1.0)
+    assert b.logit_scale == pytest.approx(4 / 64, rel=1e-12) == b.scale(256)
+    assert parametrization.parametrize(net, "mup", base_width=64).blocks[0].lr_multiplier == 1.0
+    assert type(mup).from_json(mup.to_json()) == mup  # lr_multiplier and the scale round-trip
+    # depth-muP: alpha x (4/1)^-1/2, Adam hidden lr x 1/4 x (4/1)^-1/2
+    d = parametrization.parametrize(net, "depth_mup", base_width=64, base_depth=1,
+                                    optimizer="adam").blocks[0]
+    assert (d.alpha, d.lr_multiplier) == (0.5, 0.125)
+    with pytest.raises(ValueError, match="forward multiplier"):
+        parametrization.parametrize(net, "ntk", base_width=64)
+    with pytest.raises(ValueError, match="alpha='1/sqrt\\(depth\\)'"):
+        parametrization.parametrize(Network.transformer(4, 256, 4, 8, branch_scale="1/sqrt(depth)"),
+                                    "depth_mup", base_width=64, base_depth=1, optimizer="adam")
+
+
+def test_token_heads_by_hand():
+    # the readout: init variance and lr x 1/m (Adam and SGD); the stem (fan-out m): SGD lr x m
+    for opt, embed_lr in (("adam", 1.0), ("sgd", 4.0)):
+        h = parametrization.token_heads("mup", width=256, base_width=64, optimizer=opt)
+        assert h == {"kernel_init": "variance_scaling:distribution=normal,mode=fan_in,scale=0.25",
+                     "embed_init": "lecun_normal:truncated=false", "readout_lr_multiplier": 0.25,
+                     "embed_lr_multiplier": embed_lr}
+    assert parametrization.token_heads("sp", width=256, base_width=64)["readout_lr_multiplier"] == 1
+    with pytest.raises(ValueError, match="forward multiplier"):
+        parametrization.token_heads("ntk", width=256, base_width=64)
+    with pytest.raises(TypeError, match="spec"):
+        parametrization.token_heads("mup", width=256, base_width=64, readout_init=len)
+    with pytest.raises(ValueError, match="base_width"):
+        parametrization.token_heads("mup", width=64, base_width=256)

@@ -74,15 +74,22 @@ def test_transformer_arm(quick):
     # at init the two muP variants differ only in the logit; both start below log T
     e0 = {p: np.asarray(a["attention_entropy"])[:, 0].mean(axis=-1) for p, a in arms.items()}
     assert np.all(e0["mup"] <= np.log(yang.TOKENS)) and e0["mup"][-1] > e0["mup_sqrt_logit"][-1]
-    # the model: muP's hidden kernels at lr 1/m come from the roles of their paths
+    # the model: muP's learning-rate factors by two routes, parametrize + token_heads (what the
+    # arm trains with) and the parameters' paths (lr_multipliers_by_path), agree leaf by leaf
+    import jax
     from flax import nnx
 
     model = yang.transformer("mup", 256, base_width=64)
-    mult = parametrization.lr_multipliers_by_path(nnx.state(model, nnx.Param), yang.TRANSFORMER_ROLES,
-                                                  "mup", base_width=64, width=256, optimizer="adam")
+    by_path = parametrization.lr_multipliers_by_path(
+        nnx.state(model, nnx.Param), yang.TRANSFORMER_ROLES, "mup", base_width=64, width=256,
+        optimizer="adam")
+    mult = model.lr_multipliers()
+    assert jax.tree.structure(by_path) == jax.tree.structure(mult)
+    assert jax.tree.leaves(by_path) == [float(v) for v in jax.tree.leaves(mult)]
     assert float(mult["blocks"][0]["query"]["kernel"]) == 0.25
     assert float(mult["readout"]["kernel"]) == 0.25 and float(mult["embed"]["kernel"]) == 1.0
     assert model.blocks[0].logit_scale == pytest.approx(4.0 / 64)  # sqrt(16) / 64
+    assert yang.transformer("mup_sqrt_logit", 256, base_width=64).blocks[0].logit_scale == 1 / 8
     with pytest.raises(ValueError, match="parametrization must be one of"):
         yang.transformer("ntk", 64, base_width=64)
 

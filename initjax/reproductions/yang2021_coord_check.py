@@ -34,10 +34,11 @@ And a transformer (TP5's Figure 5 kind): the digits as 8 tokens of 8 pixels, a t
 mean-pooled readout; Adam 0.01, widths ``64..512`` (quick ``64..256``). Three parametrizations:
 
 - SP: logit scale ``1/sqrt(d_head)``, every learning rate 0.01, the readout ``lecun_normal``;
-- muP (TP5 Table 3, Adam): hidden kernels (Q, K, V, O, W_1, W_2) at learning rate ``0.01 /
-  m`` (``m = width / base``), the readout's variance ``1 / (fan_in m)`` and learning rate
-  ``0.01 / m``, the stem, norms and biases at 0.01, and the logit scale ``1/d_head`` (as
-  ``sqrt(d_head0) / d_head``: SP's at the base width);
+- muP (TP5 Table 3, Adam; :func:`initjax.parametrization.parametrize` and
+  :func:`~initjax.parametrization.token_heads`): hidden kernels (Q, K, V, O, W_1, W_2) at
+  learning rate ``0.01 / m`` (``m = width / base``), the readout's variance ``1 / (fan_in m)``
+  and learning rate ``0.01 / m``, the stem, norms and biases at 0.01, and the logit scale
+  ``1/d_head`` (as ``sqrt(d_head0) / d_head``: SP's at the base width);
 - muP with SP's ``1/sqrt(d_head)`` logit: everything else muP, to isolate the logit.
 
 Recorded: mean ``|x|`` of the stream after each block, of each block's attention branch
@@ -80,7 +81,8 @@ TRANSFORMER_LABELS = {"sp": "SP", "mup": "muP", "mup_sqrt_logit": "muP, 1/sqrt(d
 TOKENS, HEADS, BLOCKS_T = 8, 4, 2  # digits' 8 rows of 8 pixels; 4 heads; 2 blocks
 ENTROPY_GROWTH = 0.3  # 1/sqrt(d_head): the entropy's fall by step K grows at least this fast
 ENTROPY_FLAT = 0.15  # 1/d_head: |slope| of the entropy's fall at most this
-# path -> muP role of the transformer's parameters (initjax.parametrization.lr_multipliers_by_path)
+# path -> muP role of the transformer's parameters, for initjax.parametrization.lr_multipliers_by_path
+# (a second route to the learning-rate factors that parametrize + token_heads give; tested equal)
 TRANSFORMER_ROLES = {r"embed|positions": "input",
                      r"(query|key|value|out|mlp_in|mlp_out)/kernel": "hidden",
                      r"readout/kernel": "output", r".": "bias"}
@@ -132,9 +134,14 @@ def network(arch: str, parametrization: str, width: int, *, optimizer: str, base
 
 def transformer(parametrization: str, width: int, *, base_width: int, key: Any = 0) -> Any:
     """The transformer arm's NNX model at one width (module docstring): ``modules.build`` of
-    ``Network.transformer(2, width, 4, 8, mlp=True, mlp_width=width, logit_scale=...)`` with the
-    stem (``embed_features=8``) and a 10-class readout, under ``parametrization`` (one of
-    :data:`TRANSFORMER_PARAMETRIZATIONS`) relative to ``base_width``."""
+    ``Network.transformer(2, width, 4, 8, mlp=True, mlp_width=width)`` with the stem
+    (``embed_features=8``) and a 10-class readout, under ``parametrization`` (one of
+    :data:`TRANSFORMER_PARAMETRIZATIONS`) relative to ``base_width``: muP is
+    :func:`initjax.parametrization.parametrize` of the blocks and
+    :func:`initjax.parametrization.token_heads` of the stem and readout (Adam); its
+    learning-rate factors are then ``model.lr_multipliers()``."""
+    import dataclasses
+
     from flax import nnx
 
     from initjax import modules
@@ -144,14 +151,17 @@ def transformer(parametrization: str, width: int, *, base_width: int, key: Any =
     if parametrization not in TRANSFORMER_PARAMETRIZATIONS:
         raise ValueError(f"parametrization must be one of {TRANSFORMER_PARAMETRIZATIONS}, got "
                          f"{parametrization!r}")
-    d, d0 = width // HEADS, base_width // HEADS
-    scale = math.sqrt(d0) / d if parametrization == "mup" else "1/sqrt(d_head)"
-    net = Network.transformer(BLOCKS_T, width, HEADS, TOKENS, BATCH, mlp=True, mlp_width=width,
-                              logit_scale=scale)
-    readout = ("lecun_normal" if parametrization == "sp" else param.kernel_init(
-        "mup", "output", fan_in=width, base_fan_in=base_width, optimizer="adam"))
-    return modules.build(net, 10, embed_features=TOKENS, readout_init=readout,
-                         rngs=nnx.Rngs(key))
+    net = Network.transformer(BLOCKS_T, width, HEADS, TOKENS, BATCH, mlp=True, mlp_width=width)
+    heads = {"kernel_init": "lecun_normal"}
+    if parametrization != "sp":
+        net = param.parametrize(net, "mup", base_width=base_width, optimizer="adam")
+        heads = param.token_heads("mup", width=width, base_width=base_width, optimizer="adam")
+    if parametrization == "mup_sqrt_logit":  # muP but SP's logit scale
+        net = net.replace(stages=tuple(dataclasses.replace(
+            st, block=dataclasses.replace(st.block, logit_scale="1/sqrt(d_head)"))
+            for st in net.stages))
+    return modules.build(net, 10, embed_features=TOKENS, readout_init=heads.pop("kernel_init"),
+                         rngs=nnx.Rngs(key), **heads)
 
 
 def _transformer_check(par: str, widths: tuple[int, ...], seeds: int, x: np.ndarray,
@@ -164,7 +174,6 @@ def _transformer_check(par: str, widths: tuple[int, ...], seeds: int, x: np.ndar
     import optax
     from flax import nnx
 
-    from initjax import parametrization as param
     from initjax._precision import matmul_precision
     from initjax.engine.attention import attention_entropy
     from initjax.training.core import init_state, make_step, scale_by_multipliers
@@ -173,12 +182,8 @@ def _transformer_check(par: str, widths: tuple[int, ...], seeds: int, x: np.ndar
     values, losses, entropy = [], [], []
     for w in widths:
         model = nnx.eval_shape(lambda w=w: transformer(par, w, base_width=widths[0]))
-        graphdef, shapes, _ = nnx.split(model, nnx.Param, ...)
-        base = nnx.state(nnx.eval_shape(lambda: transformer(par, widths[0],
-                                                            base_width=widths[0])), nnx.Param)
-        mult = (jax.tree.map(lambda _: 1.0, shapes) if par == "sp" else param.lr_multipliers_by_path(
-            shapes, TRANSFORMER_ROLES, "mup", base_shapes=base, optimizer="adam"))
-        tx = optax.chain(optax.adam(LR["adam"]), scale_by_multipliers(mult))
+        graphdef = nnx.split(model, nnx.Param, ...)[0]
+        tx = optax.chain(optax.adam(LR["adam"]), scale_by_multipliers(model.lr_multipliers()))
 
         def loss_fn(params, model_state, batch):  # model_state: (rest, last statistics)
             rest = model_state[0]

@@ -37,7 +37,8 @@ NUMERIC_FIELDS = ("learning_rate", "momentum", "b1", "b2", "eps", "decay_rate", 
 INIT_FIELDS = ("kernel_init", "bias_init", "embed_init", "position_std")
 # Fields omitted from to_dict() at their default, so that configs written before they existed
 # keep their run identity (the run folder's hash).
-_OMITTED_AT_DEFAULT = {"readout": True, "embed_init": None, "position_std": 1.0}
+_OMITTED_AT_DEFAULT = {"readout": True, "embed_init": None, "position_std": 1.0,
+                       "readout_lr_multiplier": 1.0, "embed_lr_multiplier": 1.0}
 _BN_PRESETS = {"flax": (0.99, "biased"), "pytorch": (0.1, "unbiased")}
 
 
@@ -143,6 +144,11 @@ class TrainConfig:
         (None: ``kernel_init``).
       position_std: token networks only: the standard deviation (>= 0) of the learned
         positional embedding's entries at initialization (default 1).
+      readout_lr_multiplier: with ``model="network"`` and ``readout=True``: the factor (> 0) on
+        the learning rate of the added readout's kernel (a parametrization's output rule, e.g.
+        muP's ``1/m``; :func:`initjax.parametrization.token_heads`); its bias keeps the base rate.
+      embed_lr_multiplier: token networks only: the factor (> 0) on the stem's learning rate
+        (``W_e`` and the positions; the input rule).
 
     Token networks (``model="network"`` with ``Network(tokens=T)`` of
     :class:`~initjax.network.Attention` blocks, e.g. :meth:`~initjax.network.Network.transformer`;
@@ -154,8 +160,8 @@ class TrainConfig:
     labels' shape decides the task: ``y: (n,)`` one class per sequence, the readout acting on the
     token mean of the last stream, ``logits = mean_t(x^L_t) W_r + b_r``; ``y: (n, T)`` one class
     per token, ``logits_t = x^L_t W_r + b_r``, the loss the mean cross-entropy over sequences and
-    tokens and accuracy the fraction of tokens right. ``readout=False`` is refused. Attention
-    blocks have no learning-rate multipliers (all 1).
+    tokens and accuracy the fraction of tokens right. ``readout=False`` is refused. An Attention
+    block's ``lr_multiplier`` scales its kernels' learning rate (``parametrize`` sets it).
 
     Raises:
       ValueError, TypeError: for any bad value; the message names the field and what is allowed.
@@ -196,6 +202,8 @@ class TrainConfig:
     readout: bool = True
     embed_init: str | None = None
     position_std: float = 1.0
+    readout_lr_multiplier: float = 1.0
+    embed_lr_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -318,6 +326,15 @@ class TrainConfig:
             raise ValueError(f"position_std={self.position_std} needs a token network "
                              "(model='network' with Network(tokens=T)): it draws the positional "
                              "embedding")
+        for field in ("readout_lr_multiplier", "embed_lr_multiplier"):
+            put(field, check_float(field, getattr(self, field), minimum=0.0, strict_minimum=True))
+        if self.readout_lr_multiplier != 1.0 and (self.network is None or not self.readout):
+            raise ValueError(f"readout_lr_multiplier={self.readout_lr_multiplier} needs "
+                             "model='network' with readout=True (the readout it scales)")
+        if self.embed_lr_multiplier != 1.0 and not tokens:
+            raise ValueError(f"embed_lr_multiplier={self.embed_lr_multiplier} needs a token "
+                             "network (model='network' with Network(tokens=T)): it scales the "
+                             "token stem's learning rate")
         if self.uses_batchnorm and self.batch_size < 2:
             raise ValueError("batch norm needs batch_size >= 2 (batch statistics of one example)")
         put("record_every", check_int("record_every", self.record_every, minimum=1))
@@ -425,7 +442,8 @@ class TrainConfig:
                 self.network, num_classes, readout_init=self.kernel_init, rngs=rngs,
                 embed_features=self.token_features(in_shape),
                 embed_init=self.kernel_init if self.embed_init is None else self.embed_init,
-                position_std=self.position_std)
+                position_std=self.position_std, readout_lr_multiplier=self.readout_lr_multiplier,
+                embed_lr_multiplier=self.embed_lr_multiplier)
         if self.model == "network":
             if int(np.prod(in_shape)) != self.network.in_width:
                 raise ValueError(f"the network takes {self.network.in_width} inputs, but the "
@@ -436,6 +454,7 @@ class TrainConfig:
                                  f"{num_classes} classes")
             return _modules.build(self.network, num_classes if self.readout else None,
                                   readout_init=self.kernel_init,
+                                  readout_lr_multiplier=self.readout_lr_multiplier,
                                   batchnorm_kwargs=self.batchnorm_kwargs, rngs=rngs)
         if self.model == "mlp":
             return _modules.MLP(int(np.prod(in_shape)), self.widths, num_classes,

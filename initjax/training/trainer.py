@@ -93,7 +93,8 @@ _CPU_COMPILER_OPTIONS: dict[str, dict[str, Any]] = {
 _MODEL_FIELDS = ("model", "widths", "activation", "norm", "norm_placement", "residual",
                  "downsample_at", "bn_convention", "bn_momentum", "bn_running_var", "bn_epsilon",
                  "network", "readout")
-_PROGRAM_FIELDS = ("optimizer", "schedule", "warmup_steps", "decay_every", "steps")
+_PROGRAM_FIELDS = ("optimizer", "schedule", "warmup_steps", "decay_every", "steps",
+                   "readout_lr_multiplier", "embed_lr_multiplier")
 
 
 class Interrupted(Exception):
@@ -267,11 +268,12 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
     cfg = TrainConfig(**dict(model_key), **dict(program_key), record_every=1)
     forward = _model_fns(model_key, in_shape, num_classes, per_token).forward
     multipliers = None  # a network description's per-layer learning-rate multipliers
-    if cfg.network is not None:  # (an attention block has none: all 1, no multiplier step)
+    if cfg.network is not None:  # Dense and Attention blocks, the readout and a token stem
         model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
-        if any(getattr(layer, "lr_multiplier", 1.0) != 1.0
-               or getattr(layer, "bias_lr_multiplier", None) not in (None, 1.0)
-               for layer in cfg.network.dense_layers):
+        if (cfg.readout_lr_multiplier != 1.0 or cfg.embed_lr_multiplier != 1.0
+                or any(getattr(layer, "lr_multiplier", 1.0) != 1.0
+                       or getattr(layer, "bias_lr_multiplier", None) not in (None, 1.0)
+                       for layer in (*cfg.network.dense_layers, *cfg.network.blocks))):
             multipliers = model.lr_multipliers()
 
     def optimizer(numbers):

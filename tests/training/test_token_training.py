@@ -94,9 +94,10 @@ def _layer_norm(u, s, b):
     return (u - mu) / jnp.sqrt(var + 1e-5) * s[None, None] + b[None, None]
 
 
-def _forward(p, x):
+def _forward(p, x, scale=None):
     """x (batch, T, F) -> (logits per token (batch, T, C), streams after each block, stream
-    entering block 0, attention probabilities (batch, H, T, T) per block), all float64."""
+    entering block 0, attention probabilities (batch, H, T, T) per block), all float64; the
+    logit scale ``scale`` (None: 1/sqrt(d_head))."""
     h = x @ p["We"] + p["P"][None]
     h0, streams, probs = h, [], []
     dh = D // H
@@ -106,7 +107,8 @@ def _forward(p, x):
         for j in range(H):
             cols = slice(j * dh, (j + 1) * dh)
             q, k, v = (u @ p[f"{i}.{w}"][:, cols] for w in ("Wq", "Wk", "Wv"))
-            logits = jnp.einsum("btd,bsd->bts", q, k) / math.sqrt(dh)
+            logits = jnp.einsum("btd,bsd->bts", q, k) * (1 / math.sqrt(dh) if scale is None
+                                                          else scale)
             a = jnp.exp(logits - logits.max(-1, keepdims=True))
             a = a / a.sum(-1, keepdims=True)
             heads.append(a @ v)
@@ -120,8 +122,8 @@ def _forward(p, x):
     return h @ p["Wr"] + p["br"][None, None], streams, h0, probs
 
 
-def _loss(p, x, y):
-    logits, streams, _, _ = _forward(p, x)
+def _loss(p, x, y, scale=None):
+    logits, streams, _, _ = _forward(p, x, scale)
     if y.ndim == 1:  # one label per sequence: the readout of the token mean (linear: the same)
         logits = streams[-1].mean(axis=1) @ p["Wr"] + p["br"][None]
     logz = jax.scipy.special.logsumexp(logits, axis=-1)
@@ -129,12 +131,13 @@ def _loss(p, x, y):
     return jnp.mean(logz - picked)
 
 
-_grad = jax.jit(jax.value_and_grad(_loss))  # called under jax.enable_x64: float64
+_grad = jax.jit(jax.value_and_grad(_loss), static_argnums=3)  # under jax.enable_x64: float64
 
 
-def _reference_run(cfg: TrainConfig, ds: data.Dataset, seed: int):
+def _reference_run(cfg: TrainConfig, ds: data.Dataset, seed: int, lr_factor=None, scale=None):
     """The minibatch loss of each update and the parameters after it, in float64, for the
-    batches compare() documents (``data.batches(x_train, y_train, batch_size, seed=key)``)."""
+    batches compare() documents (``data.batches(x_train, y_train, batch_size, seed=key)``);
+    parameter ``k``'s update times ``lr_factor[k]`` (default 1), the logit scale ``scale``."""
     p = {k: jnp.asarray(v, jnp.float64) for k, v in _initial(cfg, seed).items()}
     m = {k: jnp.zeros_like(v) for k, v in p.items()}
     v2 = {k: jnp.zeros_like(v) for k, v in p.items()}
@@ -142,15 +145,16 @@ def _reference_run(cfg: TrainConfig, ds: data.Dataset, seed: int):
     losses, params = [], []
     for t in range(1, cfg.steps + 1):
         xb, yb = next(batches)
-        loss, g = _grad(p, jnp.asarray(xb.reshape(-1, T, F), jnp.float64), jnp.asarray(yb))
+        loss, g = _grad(p, jnp.asarray(xb.reshape(-1, T, F), jnp.float64), jnp.asarray(yb),
+                        scale)
         losses.append(float(loss))
-        eta = cfg.learning_rate
+        eta = {k: cfg.learning_rate * (1.0 if lr_factor is None else lr_factor[k]) for k in p}
         if cfg.optimizer == "sgd":
-            p = {k: p[k] - eta * g[k] for k in p}
+            p = {k: p[k] - eta[k] * g[k] for k in p}
         else:  # Kingma & Ba 2015, bias-corrected, eps outside the square root (optax)
             m = {k: cfg.b1 * m[k] + (1 - cfg.b1) * g[k] for k in p}
             v2 = {k: cfg.b2 * v2[k] + (1 - cfg.b2) * g[k] ** 2 for k in p}
-            p = {k: p[k] - eta * (m[k] / (1 - cfg.b1 ** t))
+            p = {k: p[k] - eta[k] * (m[k] / (1 - cfg.b1 ** t))
                  / (jnp.sqrt(v2[k] / (1 - cfg.b2 ** t)) + cfg.eps) for k in p}
         params.append({k: np.asarray(v) for k, v in p.items()})
     return losses, params
@@ -336,6 +340,56 @@ def test_attention_blocks_have_unit_lr_multipliers():
     model = BASE.build((T, F), C, rngs=nnx.Rngs(0))
     leaves = jax.tree.leaves(model.lr_multipliers())
     assert len(leaves) == len(jax.tree.leaves(nnx.state(model, nnx.Param))) and set(leaves) == {1.0}
+    # set ones, by path: an Attention block's kernels, the readout kernel, the stem
+    blocks = tuple(dataclasses.replace(b, lr_multiplier=0.5) for b in NET.blocks[:1]) + NET.blocks[1:]
+    net = NET.replace(stages=tuple(dataclasses.replace(NET.stages[0], block=b, count=1)
+                                   for b in blocks))
+    cfg = dataclasses.replace(BASE, network=net, readout_lr_multiplier=0.25,
+                              embed_lr_multiplier=2.0)
+    mult = cfg.build((T, F), C, rngs=nnx.Rngs(0)).lr_multipliers()
+    assert float(mult["blocks"][0]["query"]["kernel"]) == 0.5
+    assert float(mult["blocks"][0]["mlp_out"]["kernel"]) == 0.5
+    assert float(mult["blocks"][0]["attn_norm"]["scale"]) == 1.0
+    assert float(mult["blocks"][1]["query"]["kernel"]) == 1.0
+    assert float(mult["readout"]["kernel"]) == 0.25 and float(mult["readout"]["bias"]) == 1.0
+    assert float(mult["embed"]["kernel"]) == 2.0 and float(mult["positions"]) == 2.0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mup_transformer_steps_equal_reference(optimizer):
+    # parametrize + token_heads (muP, base width 8, m = 2), trained by compare(), against the
+    # float64 reference with TP5 Table 3's factors written out by hand: Adam: hidden kernels
+    # (Q, K, V, O, W_1, W_2) and the readout kernel at lr / m, the rest at lr; SGD: the stem at
+    # lr * m, the readout kernel at lr / m, the rest at lr. Logit scale sqrt(d_head0) / d_head.
+    from initjax import parametrization
+
+    m, base = 2.0, D // 2
+    net = parametrization.parametrize(NET, "mup", base_width=base, optimizer=optimizer)
+    heads = parametrization.token_heads("mup", width=D, base_width=base, optimizer=optimizer)
+    first = BASE if optimizer == "sgd" else ADAM
+    cfg = dataclasses.replace(first, label=f"muP {optimizer}", network=net, **heads)
+    assert heads["readout_lr_multiplier"] == 1 / m and heads["kernel_init"].startswith(
+        "variance_scaling") and heads["embed_lr_multiplier"] == (m if optimizer == "sgd" else 1.0)
+    hidden = ("Wq", "Wk", "Wv", "Wo", "W1", "W2")
+    ds = _task(True)
+    result = training.compare([cfg], ds, seeds=1, key=KEY, progress=False)
+    with jax.enable_x64(True):
+        keys = _initial(cfg, 0).keys()
+        if optimizer == "adam":
+            factor = {k: 1 / m if k.endswith(hidden) or k == "Wr" else 1.0 for k in keys}
+        else:
+            factor = {k: m if k in ("We", "P") else 1 / m if k == "Wr" else 1.0 for k in keys}
+        scale = math.sqrt(base // H) / (D // H)
+        assert net.blocks[0].scale(D) == pytest.approx(scale, rel=1e-12)
+        losses, params = _reference_run(cfg, ds, 0, factor, scale)
+        # without the factors the parameters differ (the check can fail)
+        _, plain = _reference_run(cfg, ds, 0, None, scale)
+    np.testing.assert_allclose(result.records[0].train_loss[0, 1:], losses, rtol=2e-5)
+    got = _weights(modules.ensemble_member(result.final_models[0], 0))
+    for k, want in params[-1].items():
+        tol = 1e-5 * np.abs(want).max()
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=tol, err_msg=k)
+    assert max(np.abs(plain[-1][k] - params[-1][k]).max() for k in params[-1]) > 1e-4
 
 
 def test_warmup_then_constant_schedule():
