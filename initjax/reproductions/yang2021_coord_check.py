@@ -410,6 +410,8 @@ def _figures(out: Path, results, entropies) -> None:
         fig = plotting.new_figure(3.0 * (STEPS + extra) + 1.0, 2.8 * len(rows))
         grid = fig.subplots(len(rows), STEPS + extra, squeeze=False)
         for axes, (_, optimizer, par) in zip(grid, rows, strict=True):
+            for ax in axes[1:STEPS]:  # one y scale per row for the steps (not the entropy)
+                ax.sharey(axes[0])
             label = TRANSFORMER_LABELS[par] if extra else par.upper()
             coordcheck.plot(results[(arch, optimizer, par)], axes=list(axes[:STEPS]),
                             title=f"{label}, {optimizer} {LR[optimizer]}")
