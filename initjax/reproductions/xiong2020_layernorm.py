@@ -464,6 +464,7 @@ def _train_report(train: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str,
         div = np.asarray(rec.diverged_step)
         failed = ~np.isfinite(final) | (final > fail_at) | (div >= 0)
         g0 = np.asarray(rec.grad_norm[:, 0], np.float64)  # (seed, block) at step 0
+        g0_mean, g0_se = _mean_se(g0)
         arms[label] = {
             "final_train_loss": _per_seed(final),
             "final_test_loss": _per_seed(np.asarray(rec.test_loss[:, -1], np.float64)),
@@ -471,7 +472,7 @@ def _train_report(train: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str,
             "diverged_seeds": [int(i) for i in np.flatnonzero(div >= 0)],
             "diverged_step": div.tolist(),
             "failed_seeds": [int(i) for i in np.flatnonzero(failed)],
-            "grad_norm_step0": {"mean": g0.mean(0).tolist(), "se": (g0.std(0, ddof=1) / math.sqrt(len(g0))).tolist(),
+            "grad_norm_step0": {"mean": g0_mean.tolist(), "se": g0_se.tolist(),
                                 "per_seed": g0.tolist()},
             "initial_loss": _per_seed(np.asarray(rec.train_loss[:, 0], np.float64)),
             "final_token_cosine": _nanmean(np.asarray(rec.token_cosine[:, -1], np.float64)).tolist(),

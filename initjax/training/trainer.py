@@ -268,13 +268,11 @@ def _program_fns(model_key: tuple, program_key: tuple, in_shape: tuple[int, ...]
     cfg = TrainConfig(**dict(model_key), **dict(program_key), record_every=1)
     forward = _model_fns(model_key, in_shape, num_classes, per_token).forward
     multipliers = None  # a network description's per-layer learning-rate multipliers
-    if cfg.network is not None:  # Dense and Attention blocks, the readout and a token stem
+    if cfg.network is not None:  # the module's own factors; no multiplier step if all are 1
         model = nnx.eval_shape(lambda: cfg.build(in_shape, num_classes, rngs=nnx.Rngs(0)))
-        if (cfg.readout_lr_multiplier != 1.0 or cfg.embed_lr_multiplier != 1.0
-                or any(getattr(layer, "lr_multiplier", 1.0) != 1.0
-                       or getattr(layer, "bias_lr_multiplier", None) not in (None, 1.0)
-                       for layer in (*cfg.network.dense_layers, *cfg.network.blocks))):
-            multipliers = model.lr_multipliers()
+        tree = model.lr_multipliers()
+        if any(m != 1.0 for m in jax.tree.leaves(tree)):
+            multipliers = tree
 
     def optimizer(numbers):
         tx = make_optimizer(cfg, numbers)
