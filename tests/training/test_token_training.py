@@ -334,6 +334,16 @@ def test_stem_is_embedding_plus_positions_and_leaves_the_blocks_alone():
         modules.build(Network.mlp(1, 8, in_width=12), C, rngs=nnx.Rngs(0), embed_features=F)
     with pytest.raises(ValueError, match="position_std must be >= 0"):
         modules.build(NET, C, rngs=nnx.Rngs(0), embed_features=F, position_std=-1.0)
+    with pytest.raises(ValueError, match="readout_lr_multiplier must be > 0"):
+        modules.build(NET, C, rngs=nnx.Rngs(0), readout_lr_multiplier=0.0)
+    with pytest.raises(ValueError, match="readout_lr_multiplier=2.0 needs a readout"):
+        modules.build(NET, None, rngs=nnx.Rngs(0), readout_lr_multiplier=2.0)
+    with pytest.raises(ValueError, match="embed_lr_multiplier=2.0"):
+        modules.build(NET, C, rngs=nnx.Rngs(0), embed_lr_multiplier=2.0)  # no stem
+    with pytest.raises(ValueError, match="embed_lr_multiplier must be > 0"):
+        modules.build(NET, C, rngs=nnx.Rngs(0), embed_features=F, embed_lr_multiplier=-1.0)
+    with pytest.raises(ValueError, match="lr_multiplier must be > 0"):
+        dataclasses.replace(NET.blocks[0], lr_multiplier=0.0)
 
 
 def test_attention_blocks_have_unit_lr_multipliers():
@@ -416,6 +426,11 @@ def test_new_fields_serialize_and_keep_old_run_identity():
     (dict(position_std=2.0, model="mlp", network=None), "position_std=2.0 needs a token"),
     (dict(readout=False), "readout=False is not available for a token network"),
     (dict(embed_init="nonsense"), "nonsense"),
+    (dict(readout_lr_multiplier=0.0), "readout_lr_multiplier must be > 0"),
+    (dict(readout_lr_multiplier=0.5, model="mlp", network=None),
+     "readout_lr_multiplier=0.5 needs model='network' with readout=True"),
+    (dict(embed_lr_multiplier=2.0, model="mlp", network=None), "embed_lr_multiplier=2.0 needs a token"),
+    (dict(embed_lr_multiplier=float("nan")), "embed_lr_multiplier"),
 ])
 def test_config_refuses_bad_token_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
